@@ -1,15 +1,27 @@
+// Command tidb-localpv is the node agent, the volume-controller and the
+// operator's status tool of tidb-localpv, in one binary.
 package main
 
 import (
-	_ "github.com/fsnotify/fsnotify"
-	_ "github.com/spf13/cobra"
-	_ "github.com/stretchr/testify/require"
-	_ "k8s.io/client-go/kubernetes"
-	_ "k8s.io/mount-utils"
-	_ "sigs.k8s.io/sig-storage-lib-external-provisioner/v9/controller"
-	_ "github.com/prometheus/client_golang/prometheus"
-	_ "k8s.io/klog/v2"
-	_ "golang.org/x/sys/unix"
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"k8s.io/klog/v2"
 )
 
-func main() {}
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := newRootCommand().ExecuteContext(ctx)
+	stop()
+	klog.Flush()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,321 @@
+// Package daemon is the node agent: it prepares inventory devices, publishes
+// one local PV per disk, re-adopts disks after restarts, and wipes and
+// republishes released disks through the provisioner library.
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	storagelisters "k8s.io/client-go/listers/storage/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+	"k8s.io/mount-utils"
+	utilexec "k8s.io/utils/exec"
+	"sigs.k8s.io/sig-storage-lib-external-provisioner/v9/controller"
+
+	"github.com/tidb-localpv/tidb-localpv/discovery"
+	"github.com/tidb-localpv/tidb-localpv/provisioner"
+)
+
+// Config is what the agent is told by its flags.
+type Config struct {
+	NodeName string
+	Roots    discovery.Roots
+	// InventoryNamespace/InventoryName locate the inventory ConfigMap.
+	InventoryNamespace string
+	InventoryName      string
+	// StateDir keeps block wipe records and the list of block disks the
+	// agent has published.
+	StateDir string
+	// ResyncPeriod is the safety-net rescan; events drive the normal path.
+	ResyncPeriod     time.Duration
+	FSWipe           provisioner.FSWipeMode
+	BlockWipeCommand []string
+	// MountInfo, DevDir, ByIDDir and SysBlockDir are the host paths the agent
+	// reads; tests point them elsewhere.
+	MountInfo   string
+	DevDir      string
+	ByIDDir     string
+	SysBlockDir string
+	// DeleteWorkers is how many released PVs may be wiped at once.
+	DeleteWorkers int
+}
+
+// Deps are the agent's seams to the API server and the operating system.
+type Deps struct {
+	Client   kubernetes.Interface
+	Mounts   discovery.MountTable
+	Mounter  *mount.SafeFormatAndMount
+	Exec     utilexec.Interface
+	Sizer    discovery.Sizer
+	Registry prometheus.Registerer
+}
+
+// OSDeps returns Deps backed by the real host.
+func OSDeps(client kubernetes.Interface, cfg Config, reg prometheus.Registerer) Deps {
+	ex := utilexec.New()
+	return Deps{
+		Client:   client,
+		Mounts:   discovery.ProcMountTable{Path: cfg.MountInfo},
+		Mounter:  mount.NewSafeFormatAndMount(mount.NewWithoutSystemd(""), ex),
+		Exec:     ex,
+		Sizer:    discovery.OSSizer{},
+		Registry: reg,
+	}
+}
+
+const reconcileKey = "node"
+
+// Agent publishes and recycles the disks of one node.
+type Agent struct {
+	cfg  Config
+	deps Deps
+
+	factories []informers.SharedInformerFactory
+	scInf     cache.SharedIndexInformer
+	pvInf     cache.SharedIndexInformer
+	pvLister  corelisters.PersistentVolumeLister
+	scLister  storagelisters.StorageClassLister
+	cmLister  corelisters.ConfigMapLister
+	nodeList  corelisters.NodeLister
+	synced    []cache.InformerSynced
+	claimsInf cache.SharedIndexInformer
+
+	queue    workqueue.TypedRateLimitingInterface[string]
+	events   *reporter
+	recorder record.EventRecorder
+	scanner  *discovery.Scanner
+	wiper    *provisioner.Wiper
+	blocks   discovery.BlockIdentity
+	metrics  *metrics
+
+	mu        sync.Mutex
+	busy      map[string]bool // disk IDs being wiped
+	inventory []discovery.ValidEntry
+
+	ready atomic.Bool
+}
+
+// New builds an agent; Run starts it.
+func New(cfg Config, deps Deps) (*Agent, error) {
+	if cfg.NodeName == "" {
+		return nil, fmt.Errorf("node name is required (--node-name or NODE_NAME)")
+	}
+	if err := cfg.Roots.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.DeleteWorkers <= 0 {
+		cfg.DeleteWorkers = 2
+	}
+	resync := cfg.ResyncPeriod
+	client := deps.Client
+
+	// The agent caches only its own node's PVs, so its memory and watch
+	// traffic do not grow with the cluster.
+	ownPVs := informers.NewSharedInformerFactoryWithOptions(client, resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.LabelSelector = labels.Set{provisioner.LabelNode: cfg.NodeName}.String()
+		}))
+	inventory := informers.NewSharedInformerFactoryWithOptions(client, resync,
+		informers.WithNamespace(cfg.InventoryNamespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", cfg.InventoryName).String()
+		}))
+	ownNode := informers.NewSharedInformerFactoryWithOptions(client, resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", cfg.NodeName).String()
+		}))
+	cluster := informers.NewSharedInformerFactory(client, resync)
+	// The library insists on a claims informer for dynamic provisioning,
+	// which the agent never does; a selector no PVC carries keeps it from
+	// caching every claim in the cluster.
+	noClaims := informers.NewSharedInformerFactoryWithOptions(client, resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.LabelSelector = "tidb-localpv.io/agent-never-provisions=true"
+		}))
+
+	a := &Agent{
+		cfg:  cfg,
+		deps: deps,
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedMaxOfRateLimiter(
+				workqueue.NewTypedItemExponentialFailureRateLimiter[string](200*time.Millisecond, 30*time.Second),
+			),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "agent"}),
+		scanner: &discovery.Scanner{Roots: cfg.Roots, Mounts: deps.Mounts, Sizer: deps.Sizer},
+		wiper: &provisioner.Wiper{
+			Mounts: deps.Mounts, Mounter: deps.Mounter, Exec: deps.Exec,
+			StateDir: cfg.StateDir, FSMode: cfg.FSWipe, BlockCommand: cfg.BlockWipeCommand,
+		},
+		blocks:  discovery.BlockIdentity{ByIDDir: cfg.ByIDDir, SysBlockDir: cfg.SysBlockDir},
+		metrics: newMetrics(deps.Registry),
+		busy:    map[string]bool{},
+	}
+	a.pvInf = ownPVs.Core().V1().PersistentVolumes().Informer()
+	a.pvLister = ownPVs.Core().V1().PersistentVolumes().Lister()
+	a.cmLister = inventory.Core().V1().ConfigMaps().Lister()
+	a.nodeList = ownNode.Core().V1().Nodes().Lister()
+	a.scLister = cluster.Storage().V1().StorageClasses().Lister()
+	a.scInf = cluster.Storage().V1().StorageClasses().Informer()
+	a.claimsInf = noClaims.Core().V1().PersistentVolumeClaims().Informer()
+
+	enqueue := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { a.enqueue() },
+		UpdateFunc: func(old, cur any) { a.enqueueIfChanged(old, cur) },
+		DeleteFunc: func(any) { a.enqueue() },
+	}
+	for _, inf := range []cache.SharedIndexInformer{
+		a.pvInf,
+		inventory.Core().V1().ConfigMaps().Informer(),
+		ownNode.Core().V1().Nodes().Informer(),
+		a.scInf,
+	} {
+		if _, err := inf.AddEventHandler(enqueue); err != nil {
+			return nil, fmt.Errorf("watch: %w", err)
+		}
+		a.synced = append(a.synced, inf.HasSynced)
+	}
+	a.synced = append(a.synced, a.claimsInf.HasSynced)
+	a.factories = []informers.SharedInformerFactory{ownPVs, inventory, ownNode, cluster, noClaims}
+	return a, nil
+}
+
+// enqueueIfChanged drops periodic resyncs of unchanged objects.
+func (a *Agent) enqueueIfChanged(old, cur any) {
+	o, ok1 := old.(metav1.Object)
+	c, ok2 := cur.(metav1.Object)
+	if ok1 && ok2 && o.GetResourceVersion() == c.GetResourceVersion() {
+		return
+	}
+	a.enqueue()
+}
+
+func (a *Agent) enqueue() { a.queue.Add(reconcileKey) }
+
+// Ready reports whether the first full reconcile has finished.
+func (a *Agent) Ready() bool { return a.ready.Load() }
+
+// Run runs the agent until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	defer utilruntime.HandleCrash()
+	defer a.queue.ShutDown()
+	log := klog.FromContext(ctx)
+
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartStructuredLogging(4)
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.deps.Client.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	a.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "tidb-localpv-agent", Host: a.cfg.NodeName})
+	a.events = newReporter(a.recorder)
+
+	for _, f := range a.factories {
+		f.Start(ctx.Done())
+	}
+	log.Info("waiting for caches", "node", a.cfg.NodeName)
+	if !cache.WaitForCacheSync(ctx.Done(), a.synced...) {
+		return fmt.Errorf("caches did not sync")
+	}
+
+	watcher := discovery.NewWatcher(a.cfg.Roots, a.cfg.MountInfo)
+	errs := make(chan error, 2)
+	go func() { errs <- watcher.Run(ctx) }()
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-watcher.Notify:
+				a.enqueue()
+			}
+		}
+	}()
+	go wait.UntilWithContext(ctx, func(context.Context) { a.enqueue() }, a.cfg.ResyncPeriod)
+
+	pc := controller.NewProvisionController(a.deps.Client, provisioner.Name,
+		&provisioner.Provisioner{Node: a.cfg.NodeName, Client: a.deps.Client, Recycler: a},
+		controller.LeaderElection(false),
+		controller.VolumesInformer(a.pvInf),
+		controller.ClaimsInformer(a.claimsInf),
+		controller.ClassesInformer(a.scInf),
+		controller.Threadiness(a.cfg.DeleteWorkers),
+		controller.MetricsPort(0),
+		// Failed wipes are retried with backoff without limit: the disk stays
+		// Released and visible, which is safer than giving up silently.
+		controller.FailedDeleteThreshold(0),
+	)
+	// Run blocks forever by design; its workers stop with ctx.
+	go pc.Run(ctx)
+
+	a.enqueue()
+	go wait.UntilWithContext(ctx, a.worker, time.Second)
+	log.Info("agent started", "node", a.cfg.NodeName, "roots", a.cfg.Roots)
+
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errs:
+		return err
+	}
+}
+
+func (a *Agent) worker(ctx context.Context) {
+	for a.processNext(ctx) {
+	}
+}
+
+func (a *Agent) processNext(ctx context.Context) bool {
+	key, quit := a.queue.Get()
+	if quit {
+		return false
+	}
+	defer a.queue.Done(key)
+	err := a.reconcile(ctx)
+	if err == nil {
+		a.queue.Forget(key)
+		return true
+	}
+	klog.FromContext(ctx).Error(err, "reconcile failed; retrying", "node", a.cfg.NodeName)
+	a.queue.AddRateLimited(key)
+	return true
+}
+
+// tryBusy claims a disk for a wipe; false means another wipe holds it.
+func (a *Agent) tryBusy(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.busy[id] {
+		return false
+	}
+	a.busy[id] = true
+	return true
+}
+
+func (a *Agent) release(id string) {
+	a.mu.Lock()
+	delete(a.busy, id)
+	a.mu.Unlock()
+}
+
+func (a *Agent) isBusy(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.busy[id]
+}

@@ -1,0 +1,77 @@
+package daemon
+
+import (
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/tools/record"
+)
+
+// Event reasons the agent records.
+const (
+	ReasonPublished       = "Published"
+	ReasonWiped           = "Wiped"
+	ReasonWipeFailed      = "WipeFailed"
+	ReasonDiskMissing     = "DiskMissing"
+	ReasonDiskFound       = "DiskFound"
+	ReasonPVRemoved       = "PVRemoved"
+	ReasonDiskNotEmpty    = "DiskNotEmpty"
+	ReasonDiskConflict    = "DiskConflict"
+	ReasonBadDisk         = "BadDisk"
+	ReasonInvalidEntry    = "InvalidInventoryEntry"
+	ReasonPrepared        = "DiskPrepared"
+	ReasonMissingClass    = "StorageClassMissing"
+	ReasonInventoryBroken = "InvalidInventory"
+)
+
+// reporter records events, once per distinct (object, reason, message) for
+// conditions a reconcile pass sees again and again, so a standing problem
+// is one event rather than one per pass.
+type reporter struct {
+	rec  record.EventRecorder
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+func newReporter(rec record.EventRecorder) *reporter {
+	return &reporter{rec: rec, seen: map[string]bool{}}
+}
+
+// event always records.
+func (r *reporter) event(obj runtime.Object, typ, reason, msg string) {
+	r.rec.Event(obj, typ, reason, msg)
+}
+
+// once records a standing condition the first time it is seen; key names the
+// object and should change when the object does (e.g. include its version).
+// It reports whether the event was recorded.
+func (r *reporter) once(key string, obj runtime.Object, reason, msg string) bool {
+	k := key + "\x00" + reason + "\x00" + msg
+	r.mu.Lock()
+	if len(r.seen) > maxRemembered {
+		// Old versions' keys are dead weight; forgetting them at worst
+		// repeats one event.
+		clear(r.seen)
+	}
+	dup := r.seen[k]
+	r.seen[k] = true
+	r.mu.Unlock()
+	if !dup {
+		r.rec.Event(obj, corev1.EventTypeWarning, reason, msg)
+	}
+	return !dup
+}
+
+const maxRemembered = 4096
+
+// forget lets a condition be reported again after it cleared.
+func (r *reporter) forget(prefix string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k := range r.seen {
+		if len(k) >= len(prefix) && k[:len(prefix)] == prefix {
+			delete(r.seen, k)
+		}
+	}
+}

@@ -1,0 +1,49 @@
+package daemon
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the agent's Prometheus series, registered on the registry the
+// binary passes in (never the global one).
+type metrics struct {
+	disks           *prometheus.GaugeVec
+	reconcileTime   prometheus.Histogram
+	wipeTime        *prometheus.HistogramVec
+	errors          *prometheus.CounterVec
+	inventoryBad    prometheus.Gauge
+	inventoryErrors prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		disks: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tidb_localpv_disks",
+			Help: "Disks on this node by storage class and state (available, bound, released, wiping, missing, foreign, unpublished).",
+		}, []string{"class", "state"}),
+		reconcileTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tidb_localpv_discovery_duration_seconds",
+			Help:    "Time of one discovery pass: inventory, scan, identify, publish.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
+		}),
+		wipeTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tidb_localpv_wipe_duration_seconds",
+			Help:    "Time to wipe one disk, by method (contents, reformat, discard, zero-signatures, command).",
+			Buckets: prometheus.ExponentialBuckets(0.01, 3, 12),
+		}, []string{"method"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tidb_localpv_errors_total",
+			Help: "Errors by operation (scan, publish, wipe, prepare, identify, delete).",
+		}, []string{"op"}),
+		inventoryBad: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tidb_localpv_inventory_invalid_entries",
+			Help: "Inventory entries for this node that cannot be applied.",
+		}),
+		inventoryErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tidb_localpv_inventory_errors_total",
+			Help: "Inventory problems reported (each distinct problem once per ConfigMap version).",
+		}),
+	}
+	reg.MustRegister(m.disks, m.reconcileTime, m.wipeTime, m.errors, m.inventoryBad, m.inventoryErrors)
+	return m
+}

@@ -1,0 +1,82 @@
+package provisioner
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/sig-storage-lib-external-provisioner/v9/controller"
+)
+
+// Recycler wipes the disk of a released PV; the node agent implements it.
+// It returns nil only when the disk is clean or is certainly not on this
+// node any more, so that the library may delete the PV object.
+type Recycler interface {
+	Recycle(ctx context.Context, pv *corev1.PersistentVolume) error
+}
+
+// Provisioner plugs the agent into the library's ProvisionController. It
+// never provisions (disks are published statically); it deletes — wipes —
+// released volumes of its own node only.
+type Provisioner struct {
+	Node     string
+	Client   kubernetes.Interface
+	Recycler Recycler
+}
+
+var (
+	_ controller.Provisioner   = (*Provisioner)(nil)
+	_ controller.DeletionGuard = (*Provisioner)(nil)
+)
+
+// Provision is never asked of us: our StorageClasses name
+// kubernetes.io/no-provisioner, and answering "ignored" keeps it that way
+// if someone points a class at tidb-localpv.io.
+func (p *Provisioner) Provision(context.Context, controller.ProvisionOptions) (*corev1.PersistentVolume, controller.ProvisioningState, error) {
+	return nil, controller.ProvisioningFinished, &controller.IgnoredError{Reason: "tidb-localpv publishes local disks statically and does not provision"}
+}
+
+// ShouldDelete keeps every agent to the PVs of its own node.
+func (p *Provisioner) ShouldDelete(_ context.Context, pv *corev1.PersistentVolume) bool {
+	return IsOurs(pv) && pv.Labels[LabelNode] == p.Node
+}
+
+// Delete wipes the disk behind pv. The library's informer copy may be stale,
+// so the PV is read afresh and must still be the same object (UID), Released
+// and reclaimPolicy Delete before any byte is touched.
+func (p *Provisioner) Delete(ctx context.Context, pv *corev1.PersistentVolume) error {
+	if !p.ShouldDelete(ctx, pv) {
+		return &controller.IgnoredError{Reason: fmt.Sprintf("PV %s is not a tidb-localpv disk of node %s", pv.Name, p.Node)}
+	}
+	fresh, err := p.Client.CoreV1().PersistentVolumes().Get(ctx, pv.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return &controller.IgnoredError{Reason: fmt.Sprintf("PV %s is already gone", pv.Name)}
+	}
+	if err != nil {
+		return fmt.Errorf("re-read PV %s before wiping: %w", pv.Name, err)
+	}
+	if reason := deletable(pv, fresh); reason != "" {
+		return &controller.IgnoredError{Reason: reason}
+	}
+	return p.Recycler.Recycle(ctx, fresh)
+}
+
+// deletable says why a freshly read PV must not be wiped, or "" if it may.
+func deletable(seen, fresh *corev1.PersistentVolume) string {
+	switch {
+	case fresh.UID != seen.UID:
+		return fmt.Sprintf("PV %s was replaced (UID %s, was %s)", fresh.Name, fresh.UID, seen.UID)
+	case fresh.Status.Phase != corev1.VolumeReleased:
+		return fmt.Sprintf("PV %s is %s, not Released", fresh.Name, fresh.Status.Phase)
+	case fresh.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete:
+		return fmt.Sprintf("PV %s has reclaimPolicy %s", fresh.Name, fresh.Spec.PersistentVolumeReclaimPolicy)
+	case fresh.Labels[LabelNode] != seen.Labels[LabelNode] || fresh.Labels[LabelDisk] != seen.Labels[LabelDisk]:
+		return fmt.Sprintf("PV %s changed node or disk labels", fresh.Name)
+	case fresh.DeletionTimestamp != nil:
+		return fmt.Sprintf("PV %s is being deleted", fresh.Name)
+	}
+	return ""
+}
