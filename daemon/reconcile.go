@@ -35,12 +35,12 @@ const (
 // found is a disk with its identity read.
 type found struct {
 	discovery.Disk
-	ID       string
-	Source   string // raw identity of block disks
-	Wiping   bool   // an interrupted wipe must finish before publishing
-	HasData  bool
-	Foreign  bool // holds data but no identity: never ours to wipe
-	Problem  string
+	ID      string
+	Source  string // raw identity of block disks
+	Wiping  bool   // an interrupted wipe must finish before publishing
+	HasData bool
+	Foreign bool // holds data but no identity: never ours to wipe
+	Problem string
 }
 
 // reconcile brings the node's PVs in line with its disks. It is idempotent
