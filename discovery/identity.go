@@ -209,13 +209,14 @@ func (b BlockIdentity) rawIdentity(real string) (string, error) {
 	}
 	if data, err := os.ReadFile(filepath.Join(b.SysBlockDir, name, "loop", "backing_file")); err == nil {
 		backing := strings.TrimSpace(string(data))
-		var st unix.Stat_t
-		if err := unix.Stat(backing, &st); err != nil {
+		var st unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, backing, 0, unix.STATX_INO|unix.STATX_BTIME, &st); err != nil {
 			return "", fmt.Errorf("%w for %s: backing file %s: %v", ErrNoStableIdentity, real, backing, err)
 		}
-		// The inode tells a recreated backing file from the old one at the
-		// same path, as a replaced disk must get a new identity.
-		return fmt.Sprintf("loop:%s:%d:%d", backing, st.Dev, st.Ino), nil
+		// Inode numbers are reused; inode plus birth time tells a recreated
+		// backing file from the old one at the same path, as a replaced disk
+		// must get a new identity.
+		return fmt.Sprintf("loop:%s:%d:%d.%d", backing, st.Ino, st.Btime.Sec, st.Btime.Nsec), nil
 	}
 	return "", fmt.Errorf("%w for %s: no /dev/disk/by-id link, wwid or loop backing file", ErrNoStableIdentity, real)
 }
