@@ -1,0 +1,241 @@
+// Package sim runs tidb-localpv on a real local control plane: kwok nodes,
+// each with our real agent binary as a local process, real directories and
+// (as root) real tmpfs mounts and loop devices as its disks. The e2e suite
+// and the playground both use it.
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/tidb-localpv/tidb-localpv/e2e/cluster"
+	"github.com/tidb-localpv/tidb-localpv/e2e/hostdisk"
+)
+
+// Namespace and ServiceAccount of the agent, as in manifests/.
+const (
+	Namespace      = "tidb-localpv"
+	AgentAccount   = "tidb-localpv-agent"
+	InventoryName  = "tidb-localpv-inventory"
+	agentDaemonSet = "manifests/agent-daemonset.yaml"
+)
+
+// Options configure an Env.
+type Options struct {
+	// RepoRoot is the repository (holding go.mod and manifests/).
+	RepoRoot string
+	// WorkDir holds everything; it is removed by Close.
+	WorkDir  string
+	Progress io.Writer
+	// SchedulerFlags and ControllerManagerFlags pass through to the cluster.
+	SchedulerFlags         []string
+	ControllerManagerFlags []string
+	// ExtraAgentArgs are appended to the DaemonSet's arguments (e.g. -v=4).
+	ExtraAgentArgs []string
+}
+
+// Env is a control plane with our manifests applied and simulated nodes.
+type Env struct {
+	Cluster *cluster.Cluster
+	Host    *hostdisk.Host
+	// Binary is our tidb-localpv binary, built from the work tree.
+	Binary string
+	// AgentArgs are the DaemonSet's container arguments, unrebased.
+	AgentArgs []string
+	// AgentKubeconfig authenticates as the agent's ServiceAccount.
+	AgentKubeconfig string
+	opts            Options
+
+	mu    sync.Mutex
+	nodes []*Node
+	procs []*cluster.Process
+}
+
+// FindRepoRoot walks up from the working directory to the directory with
+// go.mod, so tests in any package find manifests/.
+func FindRepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("go.mod not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// Start builds what it needs, starts the control plane and applies the
+// manifests for real (kubectl apply -k manifests/).
+func Start(ctx context.Context, opts Options) (_ *Env, err error) {
+	progress := opts.Progress
+	if progress == nil {
+		progress = io.Discard
+	}
+	e := &Env{Host: &hostdisk.Host{}, opts: opts}
+	defer func() {
+		if err != nil {
+			e.Close()
+		}
+	}()
+	t0 := time.Now()
+	bins, err := cluster.EnsureBinaries(ctx, cluster.BuildOptions{Progress: progress})
+	if err != nil {
+		return nil, err
+	}
+	if e.Binary, err = BuildBinary(ctx, opts.RepoRoot, filepath.Join(opts.WorkDir, "bin")); err != nil {
+		return nil, err
+	}
+	if e.AgentArgs, err = ReadContainerArgs(filepath.Join(opts.RepoRoot, agentDaemonSet)); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(progress, "binaries ready in %s\n", time.Since(t0).Round(time.Millisecond))
+	e.Cluster, err = cluster.Start(ctx, cluster.Config{
+		WorkDir:                filepath.Join(opts.WorkDir, "cluster"),
+		Binaries:               bins,
+		Progress:               progress,
+		SchedulerFlags:         opts.SchedulerFlags,
+		ControllerManagerFlags: opts.ControllerManagerFlags,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if out, err := e.Cluster.Kubectl(ctx, "apply", "-k", filepath.Join(opts.RepoRoot, "manifests")); err != nil {
+		return nil, fmt.Errorf("kubectl apply -k manifests/: %w: %s", err, out)
+	}
+	e.AgentKubeconfig = filepath.Join(opts.WorkDir, "agent.kubeconfig")
+	if err := e.Cluster.ServiceAccountKubeconfig(ctx, Namespace, AgentAccount, e.AgentKubeconfig); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(progress, "control plane up and manifests applied in %s\n", time.Since(t0).Round(time.Millisecond))
+	return e, nil
+}
+
+// BuildBinary builds cmd/tidb-localpv into dir.
+func BuildBinary(ctx context.Context, repoRoot, dir string) (string, error) {
+	out := filepath.Join(dir, "tidb-localpv")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/tidb-localpv")
+	cmd.Dir = repoRoot
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build tidb-localpv: %w: %s", err, b)
+	}
+	return out, nil
+}
+
+// ReadContainerArgs reads the first container's args of a DaemonSet or
+// Deployment manifest, so the harness runs exactly what users deploy.
+func ReadContainerArgs(path string) ([]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var ds appsv1.DaemonSet // Deployments share the pod template's shape
+	if err := yaml.Unmarshal(data, &ds); err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	cs := ds.Spec.Template.Spec.Containers
+	if len(cs) == 0 || len(cs[0].Args) == 0 {
+		return nil, fmt.Errorf("%s: no container args", path)
+	}
+	return cs[0].Args, nil
+}
+
+// Rebase moves every absolute host path in args under root and gives the
+// metrics listener a free loopback port, so several agents share one machine.
+func Rebase(args []string, root string) ([]string, error) {
+	out := make([]string, 0, len(args))
+	for _, a := range args {
+		name, val, ok := strings.Cut(a, "=")
+		if !ok || !strings.HasPrefix(name, "--") {
+			out = append(out, a)
+			continue
+		}
+		if name == "--metrics-address" {
+			port, err := FreePort()
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, fmt.Sprintf("%s=127.0.0.1:%d", name, port))
+			continue
+		}
+		// Values are "/path" or "key=/path".
+		if k, p, ok := strings.Cut(val, "="); ok && strings.HasPrefix(p, "/") {
+			val = k + "=" + filepath.Join(root, p)
+		} else if strings.HasPrefix(val, "/") {
+			val = filepath.Join(root, val)
+		}
+		out = append(out, name+"="+val)
+	}
+	return out, nil
+}
+
+// FreePort asks the kernel for a free loopback port.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Close stops every process, the control plane and the host disks, and
+// reports anything left behind.
+func (e *Env) Close() error {
+	e.mu.Lock()
+	nodes, procs := e.nodes, e.procs
+	e.nodes, e.procs = nil, nil
+	e.mu.Unlock()
+	for _, n := range nodes {
+		n.StopAgent()
+	}
+	for _, p := range procs {
+		p.Stop()
+	}
+	if e.Cluster != nil {
+		e.Cluster.Stop()
+	}
+	err := e.Host.Close()
+	mounts, loops, lerr := hostdisk.Leftovers(e.opts.WorkDir)
+	switch {
+	case lerr != nil:
+		err = errors.Join(err, lerr)
+	case len(mounts) > 0 || len(loops) > 0:
+		err = errors.Join(err, fmt.Errorf("left behind: mounts %v, loop devices %v", mounts, loops))
+	}
+	return err
+}
+
+// StartProcess runs one more program (a controller, the PD simulator) that
+// Close stops.
+func (e *Env) StartProcess(name, binary string, args, env []string) (*cluster.Process, error) {
+	logDir := filepath.Join(e.opts.WorkDir, "logs")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return nil, err
+	}
+	p, err := cluster.StartProcess(name, binary, args, env, logDir)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	e.procs = append(e.procs, p)
+	e.mu.Unlock()
+	return p, nil
+}

@@ -1,0 +1,157 @@
+package pd
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Errors callers branch on.
+var (
+	// ErrStoreNotFound: PD does not know the store id.
+	ErrStoreNotFound = errors.New("store not found")
+	// ErrStoreRemoved: the store is already Tombstone; a delete has nothing
+	// left to do.
+	ErrStoreRemoved = errors.New("store already removed")
+	// errBodyTooLarge is not retried: the same endpoint will answer the same.
+	errBodyTooLarge = fmt.Errorf("response body exceeds %d bytes", maxBodyBytes)
+)
+
+// RefusedError is PD declining a request it understood, e.g. deleting a
+// store while too few Up stores would remain for max-replicas. It is never
+// retried: asking again changes nothing until the cluster changes.
+type RefusedError struct {
+	Status  int
+	Message string
+}
+
+// Error implements error.
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("refused by pd (%d): %s", e.Status, e.Message)
+}
+
+// StatusError is an HTTP status the method does not expect, after any
+// retries. A 404 whose body is not PD's JSON also lands here: it means the
+// URL does not lead to PD's API, not that the store is gone.
+type StatusError struct {
+	Status  int
+	Message string
+}
+
+// Error implements error.
+func (e *StatusError) Error() string {
+	if e.Message == "" {
+		return fmt.Sprintf("unexpected status %d %s", e.Status, http.StatusText(e.Status))
+	}
+	return fmt.Sprintf("unexpected status %d %s: %s", e.Status, http.StatusText(e.Status), e.Message)
+}
+
+type response struct {
+	status int
+	body   []byte
+}
+
+// fromPD reports whether the body is JSON, as every answer of PD's API is
+// (errors are JSON strings). A plain-text "404 page not found" comes from a
+// router that does not have the route, which must not read as "no such
+// store": that would let a misconfigured endpoint release disks.
+func (r response) fromPD() bool {
+	return len(bytes.TrimSpace(r.body)) > 0 && json.Valid(r.body)
+}
+
+// message extracts PD's error text: a JSON string, or the raw body.
+func (r response) message() string {
+	var s string
+	if err := json.Unmarshal(r.body, &s); err == nil {
+		return s
+	}
+	msg := strings.TrimSpace(string(r.body))
+	const limit = 512
+	if len(msg) > limit {
+		msg = msg[:limit] + "…"
+	}
+	return msg
+}
+
+func (r response) statusError() error {
+	return &StatusError{Status: r.status, Message: r.message()}
+}
+
+// call sends one request with retries. It returns the first answer that is
+// not worth retrying (any 2xx/3xx/4xx except 429) or an error once attempts
+// are exhausted or ctx ends.
+func (c *Client) call(ctx context.Context, method, path string, query url.Values) (response, error) {
+	u := *c.base
+	u.Path = c.base.Path + apiPrefix + path
+	u.RawQuery = query.Encode()
+	target := u.String()
+
+	backoff := c.backoff
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		resp, err := c.attempt(ctx, method, target)
+		switch {
+		case errors.Is(err, errBodyTooLarge):
+			return response{}, fmt.Errorf("%s %s: %w", method, path, err)
+		case err != nil:
+			lastErr = err
+		case resp.status >= 500 || resp.status == http.StatusTooManyRequests:
+			lastErr = resp.statusError()
+		default:
+			return resp, nil
+		}
+		if ctx.Err() != nil {
+			return response{}, fmt.Errorf("%w; last attempt: %w", ctx.Err(), lastErr)
+		}
+		if attempt >= c.retries {
+			return response{}, fmt.Errorf("after %d attempts: %w", attempt+1, lastErr)
+		}
+		if err := sleep(ctx, backoff); err != nil {
+			return response{}, fmt.Errorf("%w; last attempt: %w", err, lastErr)
+		}
+		backoff = min(2*backoff, max(maxBackoff, c.backoff))
+	}
+}
+
+// attempt sends one request under its own timeout and reads the whole body
+// before that timeout cancels it.
+func (c *Client) attempt(ctx context.Context, method, target string) (response, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, target, nil)
+	if err != nil {
+		return response{}, err
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return response{}, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes+1))
+	if err != nil {
+		return response{}, fmt.Errorf("read body: %w", err)
+	}
+	if len(body) > maxBodyBytes {
+		return response{}, errBodyTooLarge
+	}
+	return response{status: resp.StatusCode, body: body}, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
