@@ -63,7 +63,11 @@ func (n *Node) StartAgent(ctx context.Context) error {
 		return fmt.Errorf("agent of %s is already running", n.Name)
 	}
 	n.runs++
-	p, err := cluster.StartProcess(fmt.Sprintf("agent-%s-%d", n.Name, n.runs), n.env.Binary, args, env, filepath.Join(n.env.opts.WorkDir, "logs"))
+	logDir := filepath.Join(n.env.opts.WorkDir, "logs")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return err
+	}
+	p, err := cluster.StartProcess(fmt.Sprintf("agent-%s-%d", n.Name, n.runs), n.env.Binary, args, env, logDir)
 	if err != nil {
 		return err
 	}
