@@ -41,9 +41,9 @@ disks:
 
 func TestParseInventory_RejectsADocumentThatIsNotAnInventory(t *testing.T) {
 	for name, doc := range map[string]string{
-		"not yaml":      "disks: [",
-		"a bare list":   "- device: /dev/sdb",
-		"unknown key":   "disk:\n- device: /dev/sdb",
+		"not yaml":       "disks: [",
+		"a bare list":    "- device: /dev/sdb",
+		"unknown key":    "disk:\n- device: /dev/sdb",
 		"disks not list": "disks: 3",
 	} {
 		t.Run(name, func(t *testing.T) {
