@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"hash/fnv"
 	"strings"
+
+	corev1 "k8s.io/api/core/v1"
 )
 
 // Name is the provisioner name: the provisioned-by annotation of every PV we
@@ -55,7 +57,16 @@ func dnsPart(s string, max int) string {
 			b.WriteByte('-')
 		}
 	}
-	out := strings.Trim(b.String(), "-.")
+	// Every dot-separated label must start and end with a letter or digit:
+	// "disk..1" or "disk.-1" would make the PV name invalid. Names that were
+	// valid already are left as they were.
+	var parts []string
+	for _, p := range strings.Split(b.String(), ".") {
+		if p = strings.Trim(p, "-"); p != "" {
+			parts = append(parts, p)
+		}
+	}
+	out := strings.Join(parts, ".")
 	if len(out) > max {
 		out = strings.Trim(out[:max], "-.")
 	}
@@ -81,4 +92,32 @@ const (
 	// AnnOwnerState is the owner's last state read from PD (Up, Offline,
 	// Tombstone, Down, Disconnected, Removed, Unknown).
 	AnnOwnerState = "tidb-localpv.io/owner-state"
+	// AnnOwnerClaim is the UID of the claim the ownership was recorded for:
+	// a PV rebound to another claim has a new owner to find.
+	AnnOwnerClaim = "tidb-localpv.io/owner-claim"
+	// AnnReleaseApproved is set by the volume-controller to the UID of the
+	// claim whose data it has found no longer needed (store Tombstone,
+	// member removed). The agent wipes an owned PV only with this approval
+	// for the PV's current claim, so a claim deleted by hand while its
+	// store is Up keeps its data.
+	AnnReleaseApproved = "tidb-localpv.io/release-approved"
+	// AnnReleaseReason says why the claim was released.
+	AnnReleaseReason = "tidb-localpv.io/release-reason"
 )
+
+// Owned reports whether the volume-controller recorded a TiKV store or PD
+// member as the owner of pv's current claim.
+func Owned(pv *corev1.PersistentVolume) bool {
+	ref := pv.Spec.ClaimRef
+	if ref == nil || ref.UID == "" || pv.Annotations[AnnOwnerClaim] != string(ref.UID) {
+		return false
+	}
+	return pv.Annotations[AnnStoreID] != "" || pv.Annotations[AnnPDMember] != ""
+}
+
+// ReleaseApproved reports whether the volume-controller approved wiping
+// pv's current claim's data.
+func ReleaseApproved(pv *corev1.PersistentVolume) bool {
+	ref := pv.Spec.ClaimRef
+	return ref != nil && ref.UID != "" && pv.Annotations[AnnReleaseApproved] == string(ref.UID)
+}

@@ -25,7 +25,7 @@ func newRootCommand() *cobra.Command {
 	for _, name := range []string{"v", "vmodule"} {
 		root.PersistentFlags().AddGoFlag(klogFlags.Lookup(name))
 	}
-	root.AddCommand(newAgentCommand(), newDisksCommand(), newVersionCommand())
+	root.AddCommand(newAgentCommand(), newControllerCommand(), newDisksCommand(), newVersionCommand())
 	return root
 }
 

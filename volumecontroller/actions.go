@@ -1,0 +1,414 @@
+package volumecontroller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+
+	"github.com/tidb-localpv/tidb-localpv/provisioner"
+	"github.com/tidb-localpv/tidb-localpv/volumecontroller/pd"
+)
+
+// Event reasons of the volume-controller.
+const (
+	ReasonOwnerRecorded   = "OwnerRecorded"
+	ReasonStoreOfflined   = "StoreOfflined"
+	ReasonPDRefused       = "PDRefusedOffline"
+	ReasonReleased        = "DiskReleased"
+	ReasonPodDeleted      = "StuckPodDeleted"
+	ReasonPVDeleted       = "DeadNodePVDeleted"
+	ReasonReleaseApproved = "ReleaseApproved"
+	ReasonRefused         = "ReleaseRefused"
+	ReasonRecheckFailed   = "RecheckChangedDecision"
+)
+
+// errRecheck means the fresh re-read no longer supports the decision; the
+// next sync decides again from the new state.
+var errRecheck = errors.New("state changed since the decision")
+
+func (c *Controller) act(ctx context.Context, d Decision, t target) error {
+	if d.Warn {
+		c.warn(t, d)
+	} else if d.Action == ActNone {
+		c.forgetWarning(t.pv.Name)
+	}
+	var err error
+	switch d.Action {
+	case ActNone:
+		return nil
+	case ActWait:
+		c.queue.AddAfter(t.pv.Name, c.cfg.PollInterval)
+		return nil
+	case ActOffline:
+		err = c.offline(ctx, d, t)
+	case ActRelease, ActReleaseWithPod:
+		err = c.release(ctx, d, t)
+	case ActApprove:
+		err = c.approve(ctx, d, t)
+	case ActDeletePV:
+		err = c.deletePV(ctx, d, t)
+	}
+	if errors.Is(err, errRecheck) {
+		klog.FromContext(ctx).Info("decision no longer holds after a fresh read; not acting", "pv", t.pv.Name, "action", d.Action.String(), "reason", err.Error())
+		c.metrics.refusals.WithLabelValues("recheck").Inc()
+		c.queue.AddAfter(t.pv.Name, c.cfg.PollInterval)
+		return nil
+	}
+	return err
+}
+
+// warn records a refusal once per PV and reason: a standing refusal seen on
+// every poll is one event, not one per poll.
+func (c *Controller) warn(t target, d Decision) {
+	c.mu.Lock()
+	dup := c.warnings[t.pv.Name] == d.Reason
+	c.warnings[t.pv.Name] = d.Reason
+	c.mu.Unlock()
+	if dup {
+		return
+	}
+	c.metrics.refusals.WithLabelValues(d.Refusal).Inc()
+	c.recorder.Event(t.pv, corev1.EventTypeWarning, ReasonRefused, d.Reason)
+	if t.node.Gone || t.node.NotReady {
+		c.recorder.Event(nodeRef(t.pv.Labels[provisioner.LabelNode]), corev1.EventTypeWarning, ReasonRefused, fmt.Sprintf("PV %s: %s", t.pv.Name, d.Reason))
+	}
+}
+
+func (c *Controller) forgetWarning(pv string) {
+	c.mu.Lock()
+	delete(c.warnings, pv)
+	c.mu.Unlock()
+}
+
+func nodeRef(name string) *corev1.ObjectReference {
+	return &corev1.ObjectReference{Kind: "Node", Name: name, UID: types.UID(name)}
+}
+
+// freshPV re-reads a PV and checks it is still the object decided on, in
+// the phase decided on.
+func (c *Controller) freshPV(ctx context.Context, seen *corev1.PersistentVolume) (*corev1.PersistentVolume, error) {
+	pv, err := c.client.CoreV1().PersistentVolumes().Get(ctx, seen.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("%w: PV %s is gone", errRecheck, seen.Name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("re-read PV %s: %w", seen.Name, err)
+	}
+	switch {
+	case pv.UID != seen.UID:
+		return nil, fmt.Errorf("%w: PV %s was replaced", errRecheck, seen.Name)
+	case pv.Status.Phase != seen.Status.Phase:
+		return nil, fmt.Errorf("%w: PV %s is now %s", errRecheck, seen.Name, pv.Status.Phase)
+	case claimUID(pv) != claimUID(seen):
+		return nil, fmt.Errorf("%w: PV %s now belongs to another claim", errRecheck, seen.Name)
+	case pv.DeletionTimestamp != nil:
+		return nil, fmt.Errorf("%w: PV %s is being deleted", errRecheck, seen.Name)
+	}
+	return pv, nil
+}
+
+func claimUID(pv *corev1.PersistentVolume) types.UID {
+	if pv.Spec.ClaimRef == nil {
+		return ""
+	}
+	return pv.Spec.ClaimRef.UID
+}
+
+// freshFacts asks PD directly (never the cache) about the owner.
+func (c *Controller) freshFacts(ctx context.Context, t target) OwnerFacts {
+	client, err := c.pd.client(t.endpoint)
+	if err != nil {
+		return OwnerFacts{Err: err}
+	}
+	defer c.pd.invalidate(t.endpoint)
+	if t.component == ComponentPD {
+		return freshMemberFacts(ctx, client, t.member)
+	}
+	return freshStoreFacts(ctx, client, t.storeID)
+}
+
+func ownerGone(component string, f OwnerFacts) bool {
+	return f.Known && (f.Removed || (component == ComponentTiKV && f.Phase == pd.PhaseTombstone))
+}
+
+// freshNodeDead re-reads the node from the API server.
+func (c *Controller) freshNodeDead(ctx context.Context, name string) (bool, error) {
+	node, err := c.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("re-read node %s: %w", name, err)
+	}
+	th := c.cfg.Policy.NotReadyThreshold
+	for _, cond := range node.Status.Conditions {
+		if cond.Type == corev1.NodeReady && cond.Status != corev1.ConditionTrue && th > 0 && c.clock.Since(cond.LastTransitionTime.Time) >= th {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// offline asks PD to move the data of a store on a dead node elsewhere.
+func (c *Controller) offline(ctx context.Context, d Decision, t target) error {
+	log := klog.FromContext(ctx).WithValues("pv", t.pv.Name, "store", t.storeID)
+	if dead, err := c.freshNodeDead(ctx, t.pv.Labels[provisioner.LabelNode]); err != nil || !dead {
+		return errors.Join(err, fmt.Errorf("%w: node is back", errRecheck))
+	}
+	client, err := c.pd.client(t.endpoint)
+	if err != nil {
+		return err
+	}
+	s, err := client.Store(ctx, t.storeID)
+	if err != nil {
+		return fmt.Errorf("re-read store %d: %w", t.storeID, err)
+	}
+	if ph := s.Phase(); ph != pd.PhaseDisconnected && ph != pd.PhaseDown {
+		return fmt.Errorf("%w: store %d is now %s", errRecheck, t.storeID, ph)
+	}
+	if err := ctx.Err(); err != nil {
+		return err // lease lost: act no further
+	}
+	err = client.DeleteStore(ctx, t.storeID)
+	c.pd.invalidate(t.endpoint)
+	var refused *pd.RefusedError
+	switch {
+	case errors.As(err, &refused):
+		c.metrics.refusals.WithLabelValues("pd-refused").Inc()
+		msg := fmt.Sprintf("PD refused to offline store %d (%s): %s; retrying", t.storeID, d.Reason, refused.Message)
+		c.recorder.Event(t.pv, corev1.EventTypeWarning, ReasonPDRefused, msg)
+		c.recorder.Event(nodeRef(t.pv.Labels[provisioner.LabelNode]), corev1.EventTypeWarning, ReasonPDRefused, msg)
+		return fmt.Errorf("offline store %d: %w", t.storeID, err)
+	case errors.Is(err, pd.ErrStoreRemoved), errors.Is(err, pd.ErrStoreNotFound):
+		c.queue.Add(t.pv.Name) // already on its way out; the next sync sees it
+		return nil
+	case err != nil:
+		return fmt.Errorf("offline store %d: %w", t.storeID, err)
+	}
+	log.Info("offlined store in PD", "reason", d.Reason)
+	c.metrics.actions.WithLabelValues(ActOffline.String()).Inc()
+	msg := fmt.Sprintf("asked PD to offline store %d: %s", t.storeID, d.Reason)
+	c.recorder.Event(t.pv, corev1.EventTypeNormal, ReasonStoreOfflined, msg)
+	c.recorder.Event(nodeRef(t.pv.Labels[provisioner.LabelNode]), corev1.EventTypeNormal, ReasonStoreOfflined, msg)
+	c.queue.AddAfter(t.pv.Name, c.cfg.PollInterval)
+	return nil
+}
+
+// release deletes the claim of a disk whose owner is gone, then the pod
+// stuck on it, after re-reading all of them and PD.
+func (c *Controller) release(ctx context.Context, d Decision, t target) error {
+	log := klog.FromContext(ctx).WithValues("pv", t.pv.Name, "claim", t.pvc.Namespace+"/"+t.pvc.Name)
+	pv, err := c.freshPV(ctx, t.pv)
+	if err != nil {
+		return err
+	}
+	pvc, err := c.client.CoreV1().PersistentVolumeClaims(t.pvc.Namespace).Get(ctx, t.pvc.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return fmt.Errorf("%w: claim is gone (someone else released it)", errRecheck)
+	}
+	if err != nil {
+		return fmt.Errorf("re-read claim: %w", err)
+	}
+	if pvc.UID != t.pvc.UID {
+		return fmt.Errorf("%w: claim %s was recreated (UID %s, decided on %s)", errRecheck, pvc.Name, pvc.UID, t.pvc.UID)
+	}
+	if f := c.freshFacts(ctx, t); !ownerGone(t.component, f) {
+		return fmt.Errorf("%w: %s is no longer gone in PD (%s)", errRecheck, t.ownerName(), ownerState(f))
+	}
+	pod, err := c.checkMounters(ctx, d, t)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := c.markReleased(ctx, pv, d.Reason); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	uid := pvc.UID
+	err = c.client.CoreV1().PersistentVolumeClaims(pvc.Namespace).Delete(ctx, pvc.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		// TiDB Operator (or a person) got there first: not a fight, not an error.
+		log.Info("claim already deleted by someone else")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete claim %s/%s: %w", pvc.Namespace, pvc.Name, err)
+	}
+	reason := releaseReason(t, d)
+	c.metrics.releases.WithLabelValues(reason).Inc()
+	c.metrics.actions.WithLabelValues(ActRelease.String()).Inc()
+	log.Info("released disk", "reason", d.Reason)
+	msg := fmt.Sprintf("deleted claim %s/%s of PV %s: %s", pvc.Namespace, pvc.Name, pv.Name, d.Reason)
+	c.recorder.Event(pv, corev1.EventTypeNormal, ReasonReleased, msg)
+	c.recorder.Event(pvc, corev1.EventTypeNormal, ReasonReleased, msg)
+	if pod == nil {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return c.deleteStuckPod(ctx, pod, d, t)
+}
+
+func releaseReason(t target, d Decision) string {
+	switch {
+	case t.node.Gone || t.node.NotReady:
+		return "dead-node"
+	case d.Action == ActReleaseWithPod:
+		return "stuck-pod"
+	case t.component == ComponentPD:
+		return "member-removed"
+	default:
+		return "tombstone"
+	}
+}
+
+// checkMounters lists the claim's namespace afresh (every pod, not only the
+// cached TiKV/PD ones): no pod may mount the claim, except — for a release
+// with pod — the very pod decided on.
+func (c *Controller) checkMounters(ctx context.Context, d Decision, t target) (*corev1.Pod, error) {
+	pods, err := c.client.CoreV1().Pods(t.pvc.Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list pods mounting the claim: %w", err)
+	}
+	var stuck *corev1.Pod
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if !mounts(p, t.pvc.Name) || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		if d.Action != ActReleaseWithPod || t.pod == nil || p.UID != t.pod.UID {
+			return nil, fmt.Errorf("%w: pod %s mounts the claim", errRecheck, p.Name)
+		}
+		stuck = p
+	}
+	return stuck, nil
+}
+
+func mounts(p *corev1.Pod, claim string) bool {
+	for _, v := range p.Spec.Volumes {
+		if v.PersistentVolumeClaim != nil && v.PersistentVolumeClaim.ClaimName == claim {
+			return true
+		}
+	}
+	return false
+}
+
+// markReleased approves the wipe for the PV's current claim and makes the
+// PV reclaimable (Retain → Delete), in one patch guarded by the PV's
+// resourceVersion.
+func (c *Controller) markReleased(ctx context.Context, pv *corev1.PersistentVolume, reason string) error {
+	patch := map[string]any{
+		"metadata": map[string]any{
+			"resourceVersion": pv.ResourceVersion,
+			"annotations": map[string]string{
+				provisioner.AnnReleaseApproved: string(claimUID(pv)),
+				provisioner.AnnReleaseReason:   reason,
+			},
+		},
+	}
+	if pv.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
+		patch["spec"] = map[string]any{"persistentVolumeReclaimPolicy": corev1.PersistentVolumeReclaimDelete}
+	}
+	data, err := json.Marshal(patch)
+	if err != nil {
+		return err
+	}
+	_, err = c.client.CoreV1().PersistentVolumes().Patch(ctx, pv.Name, types.MergePatchType, data, metav1.PatchOptions{})
+	if apierrors.IsConflict(err) {
+		return fmt.Errorf("%w: PV %s changed", errRecheck, pv.Name)
+	}
+	if err != nil {
+		return fmt.Errorf("approve release of PV %s: %w", pv.Name, err)
+	}
+	return nil
+}
+
+// deleteStuckPod deletes the pod (UID precondition) so its StatefulSet
+// recreates it with a new claim. A pod on a dead node is deleted at once:
+// no kubelet is left to confirm a graceful stop.
+func (c *Controller) deleteStuckPod(ctx context.Context, pod *corev1.Pod, d Decision, t target) error {
+	opts := metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &pod.UID}}
+	if t.node.Gone || t.node.NotReady || pod.Spec.NodeName == "" {
+		var zero int64
+		opts.GracePeriodSeconds = &zero
+	}
+	err := c.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, opts)
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete stuck pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	c.metrics.actions.WithLabelValues("delete-pod").Inc()
+	msg := fmt.Sprintf("deleted pod %s so its StatefulSet recreates it on a fresh disk: %s", pod.Name, d.Reason)
+	c.recorder.Event(pod, corev1.EventTypeNormal, ReasonPodDeleted, msg)
+	c.recorder.Event(t.pv, corev1.EventTypeNormal, ReasonPodDeleted, msg)
+	if t.node.Gone || t.node.NotReady {
+		c.recorder.Event(nodeRef(t.pv.Labels[provisioner.LabelNode]), corev1.EventTypeNormal, ReasonPodDeleted, msg)
+	}
+	return nil
+}
+
+// approve stamps a Released, owned PV whose owner is gone so its agent
+// wipes it (the claim was deleted by someone else, e.g. TiDB Operator's PVC
+// reclaim after a scale-in).
+func (c *Controller) approve(ctx context.Context, d Decision, t target) error {
+	pv, err := c.freshPV(ctx, t.pv)
+	if err != nil {
+		return err
+	}
+	if f := c.freshFacts(ctx, t); !ownerGone(t.component, f) {
+		return fmt.Errorf("%w: %s is no longer gone in PD (%s)", errRecheck, t.ownerName(), ownerState(f))
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := c.markReleased(ctx, pv, d.Reason); err != nil {
+		return err
+	}
+	c.metrics.releases.WithLabelValues("approved").Inc()
+	c.metrics.actions.WithLabelValues(ActApprove.String()).Inc()
+	klog.FromContext(ctx).Info("approved wipe of released disk", "pv", pv.Name, "reason", d.Reason)
+	c.recorder.Event(pv, corev1.EventTypeNormal, ReasonReleaseApproved, "disk may be wiped: "+d.Reason)
+	return nil
+}
+
+// deletePV removes the PV object of a dead node's disk that no claim holds.
+func (c *Controller) deletePV(ctx context.Context, d Decision, t target) error {
+	pv, err := c.freshPV(ctx, t.pv)
+	if err != nil {
+		return err
+	}
+	if dead, err := c.freshNodeDead(ctx, pv.Labels[provisioner.LabelNode]); err != nil || !dead {
+		return errors.Join(err, fmt.Errorf("%w: node is back", errRecheck))
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	uid, rv := pv.UID, pv.ResourceVersion
+	err = c.client.CoreV1().PersistentVolumes().Delete(ctx, pv.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid, ResourceVersion: &rv}})
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete PV %s of dead node: %w", pv.Name, err)
+	}
+	c.metrics.actions.WithLabelValues(ActDeletePV.String()).Inc()
+	klog.FromContext(ctx).Info("deleted PV of dead node", "pv", pv.Name, "reason", d.Reason)
+	var obj runtime.Object = nodeRef(pv.Labels[provisioner.LabelNode])
+	c.recorder.Event(obj, corev1.EventTypeNormal, ReasonPVDeleted, fmt.Sprintf("deleted PV %s (%s): %s", pv.Name, pv.Status.Phase, d.Reason))
+	return nil
+}

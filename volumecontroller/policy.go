@@ -1,0 +1,223 @@
+// Package volumecontroller is the central, leader-elected controller that
+// tracks which TiKV store or PD member owns each tidb-localpv disk and
+// releases the disk when its owner is gone: store Tombstone, member removed,
+// or node dead and its store drained away.
+package volumecontroller
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/tidb-localpv/tidb-localpv/volumecontroller/pd"
+)
+
+// Components the controller knows the owners of.
+const (
+	ComponentTiKV = "tikv"
+	ComponentPD   = "pd"
+)
+
+// Action is what the policy decided for one PV.
+type Action int
+
+// Actions, from harmless to destructive.
+const (
+	// ActNone: nothing to do; Warn may still ask for an event.
+	ActNone Action = iota
+	// ActWait: something is in progress (store draining, scale-in); look again soon.
+	ActWait
+	// ActOffline: ask PD to offline (DELETE) the store.
+	ActOffline
+	// ActRelease: delete the claim (no pod mounts it) so the disk is wiped.
+	ActRelease
+	// ActReleaseWithPod: delete the claim, then the pod stuck on it, so the
+	// StatefulSet recreates both on a fresh disk.
+	ActReleaseWithPod
+	// ActDeletePV: delete the PV object of a dead node's free disk.
+	ActDeletePV
+	// ActApprove: stamp a Released PV so its agent may wipe it.
+	ActApprove
+)
+
+func (a Action) String() string {
+	return [...]string{"none", "wait", "offline-store", "release", "release-with-pod", "delete-pv", "approve"}[a]
+}
+
+// Decision is the policy's answer with the reason, which goes into events.
+type Decision struct {
+	Action Action
+	Reason string
+	// Warn asks for a Warning event even without an action (a refusal).
+	Warn bool
+	// Refusal classifies a Warn for the refusals metric.
+	Refusal string
+}
+
+// OwnerFacts is what PD says about the recorded owner of a disk.
+type OwnerFacts struct {
+	// Known is false when PD could not be asked or answered nonsense:
+	// unknown means no destructive action.
+	Known bool
+	// Err explains why facts are unknown.
+	Err error
+	// Phase of the TiKV store (PhaseTombstone also when PD no longer lists it).
+	Phase pd.Phase
+	// Removed: the store (or member) is no longer in a PD that answers and
+	// lists others.
+	Removed bool
+}
+
+// NodeFacts is the controller's view of the disk's node.
+type NodeFacts struct {
+	Gone          bool
+	GoneFor       time.Duration
+	NotReady      bool
+	NotReadyFor   time.Duration
+}
+
+// PodFacts is the pod that mounts the claim, if any.
+type PodFacts struct {
+	Exists bool
+	// OnStatefulSet: owned by a StatefulSet, which will recreate it.
+	OnStatefulSet bool
+	Ready         bool
+	NotReadyFor   time.Duration
+}
+
+// Policy holds the thresholds operators tune.
+type Policy struct {
+	// DeadNodeGrace: how long a deleted Node stays deleted before its disks
+	// are acted on (a node object recreated by a cloud controller comes
+	// back within it).
+	DeadNodeGrace time.Duration
+	// NotReadyThreshold: a node NotReady this long counts as dead; 0 turns
+	// the rule off (the default: NotReady is often a kubelet or network
+	// problem, not a lost disk).
+	NotReadyThreshold time.Duration
+	// StuckPodGrace: a pod on a Tombstone store's disk that stays not Ready
+	// this long is stuck, not just between TiDB Operator's store burial and
+	// its scale-in.
+	StuckPodGrace time.Duration
+}
+
+// Input is everything the policy looks at for a bound PV.
+type Input struct {
+	Component string
+	// Owned: the store or member was recorded for the PV's current claim.
+	Owned bool
+	Owner string // "store 7" / "PD member pd-2", for messages
+	Facts OwnerFacts
+	Node  NodeFacts
+	Pod   PodFacts
+}
+
+func (p Policy) nodeDead(n NodeFacts) (bool, string) {
+	if n.Gone && n.GoneFor >= p.DeadNodeGrace {
+		return true, fmt.Sprintf("node deleted %s ago", n.GoneFor.Round(time.Second))
+	}
+	if p.NotReadyThreshold > 0 && n.NotReady && n.NotReadyFor >= p.NotReadyThreshold {
+		return true, fmt.Sprintf("node NotReady for %s", n.NotReadyFor.Round(time.Second))
+	}
+	return false, ""
+}
+
+// DecideBound is the policy for a Bound PV of a TiKV or PD pod (DESIGN rules
+// 7 and 9 and the safety rules). It is pure: every input is explicit, so
+// each rule is a table test.
+func (p Policy) DecideBound(in Input) Decision {
+	dead, why := p.nodeDead(in.Node)
+	switch {
+	case !in.Owned:
+		if dead {
+			return Decision{Action: ActNone, Warn: true, Refusal: "owner-unknown",
+				Reason: fmt.Sprintf("%s, but no TiKV store or PD member was ever recorded for this claim; nothing is released without a known owner", why)}
+		}
+		return Decision{Action: ActNone}
+	case !in.Facts.Known:
+		return Decision{Action: ActNone, Warn: dead || in.Facts.Err != nil, Refusal: "pd-unknown",
+			Reason: fmt.Sprintf("state of %s is unknown (%v); no destructive action while PD cannot be asked", in.Owner, in.Facts.Err)}
+	}
+	gone := in.Facts.Removed || (in.Component == ComponentTiKV && in.Facts.Phase == pd.PhaseTombstone)
+	if gone {
+		what := fmt.Sprintf("%s is %s", in.Owner, ownerGoneWord(in))
+		switch {
+		case !in.Pod.Exists:
+			return Decision{Action: ActRelease, Reason: what + " and no pod mounts its claim"}
+		case dead:
+			return Decision{Action: ActReleaseWithPod, Reason: fmt.Sprintf("%s and its pod is stuck: %s", what, why)}
+		case in.Pod.OnStatefulSet && !in.Pod.Ready && in.Pod.NotReadyFor >= p.StuckPodGrace:
+			return Decision{Action: ActReleaseWithPod, Reason: fmt.Sprintf("%s and its pod has not been Ready for %s", what, in.Pod.NotReadyFor.Round(time.Second))}
+		default:
+			// A Ready pod, or one not stuck long enough: TiDB Operator buries
+			// the store before it scales the pod away; give it the time.
+			return Decision{Action: ActWait, Reason: what + "; waiting for its pod to go"}
+		}
+	}
+	if in.Component != ComponentTiKV {
+		if dead {
+			return Decision{Action: ActNone, Warn: true, Refusal: "member-listed",
+				Reason: fmt.Sprintf("%s, but %s is still in PD's member list; remove the member (pd-ctl member delete name …) to release its disk", why, in.Owner)}
+		}
+		return Decision{Action: ActNone}
+	}
+	switch in.Facts.Phase {
+	case pd.PhaseUp:
+		if dead {
+			return Decision{Action: ActNone, Warn: true, Refusal: "store-up",
+				Reason: fmt.Sprintf("%s, but %s is Up in PD: it still heartbeats, so the node object is wrong; doing nothing", why, in.Owner)}
+		}
+		return Decision{Action: ActNone}
+	case pd.PhaseDisconnected, pd.PhaseDown:
+		if dead {
+			return Decision{Action: ActOffline, Reason: fmt.Sprintf("%s and %s is %s", why, in.Owner, in.Facts.Phase)}
+		}
+		return Decision{Action: ActNone}
+	case pd.PhaseOffline:
+		return Decision{Action: ActWait, Reason: fmt.Sprintf("%s is Offline: PD is moving its data away", in.Owner)}
+	default:
+		return Decision{Action: ActNone, Warn: dead, Refusal: "pd-unknown",
+			Reason: fmt.Sprintf("%s is in a state PD did not make clear (%s); no destructive action", in.Owner, in.Facts.Phase)}
+	}
+}
+
+func ownerGoneWord(in Input) string {
+	switch {
+	case in.Component == ComponentPD:
+		return "no longer a PD member"
+	case in.Facts.Removed:
+		return "removed from PD"
+	default:
+		return "Tombstone"
+	}
+}
+
+// DecideReleased is the policy for a Released PV: approve the wipe of an
+// owned disk only when its owner is gone, and remove the PV object of a
+// dead node (no agent is left to wipe it).
+func (p Policy) DecideReleased(owned, approved bool, owner string, facts OwnerFacts, component string, node NodeFacts) Decision {
+	dead, why := p.nodeDead(node)
+	if owned && !approved {
+		gone := facts.Known && (facts.Removed || (component == ComponentTiKV && facts.Phase == pd.PhaseTombstone))
+		if !gone {
+			state := "unknown"
+			if facts.Known {
+				state = facts.Phase.String()
+			}
+			return Decision{Action: ActNone, Warn: true, Refusal: "owner-alive",
+				Reason: fmt.Sprintf("the claim was deleted but %s is %s in PD; the disk keeps its data and is not wiped", owner, state)}
+		}
+		return Decision{Action: ActApprove, Reason: fmt.Sprintf("%s is %s", owner, ownerGoneWord(Input{Component: component, Facts: facts}))}
+	}
+	if dead && node.Gone {
+		return Decision{Action: ActDeletePV, Reason: why + "; no agent is left to wipe the disk, and a disk that comes back is wiped before reuse"}
+	}
+	return Decision{Action: ActNone}
+}
+
+// DecideFree is the policy for an Available PV.
+func (p Policy) DecideFree(node NodeFacts) Decision {
+	if dead, why := p.nodeDead(node); dead && node.Gone {
+		return Decision{Action: ActDeletePV, Reason: why + "; its free disk cannot be used"}
+	}
+	return Decision{Action: ActNone}
+}
