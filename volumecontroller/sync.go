@@ -108,6 +108,7 @@ func (c *Controller) syncBound(ctx context.Context, pv *corev1.PersistentVolume,
 		Node:      node,
 		Pod:       c.podFacts(pod),
 	})
+	klog.FromContext(ctx).V(4).Info("decided", "pv", pv.Name, "owner", t.ownerName(), "state", rec.state, "action", d.Action.String(), "reason", d.Reason)
 	return c.act(ctx, d, t)
 }
 
