@@ -77,6 +77,18 @@ func deletable(seen, fresh *corev1.PersistentVolume) string {
 		return fmt.Sprintf("PV %s changed node or disk labels", fresh.Name)
 	case fresh.DeletionTimestamp != nil:
 		return fmt.Sprintf("PV %s is being deleted", fresh.Name)
+	case Owned(fresh) && !ReleaseApproved(fresh):
+		// The claim of a TiKV store's or PD member's disk went without the
+		// volume-controller finding the owner gone (e.g. deleted by hand
+		// while the store is Up): the data stays until it approves.
+		return fmt.Sprintf("PV %s holds the data of %s; waiting for the volume-controller to confirm in PD that it is gone", fresh.Name, ownerName(fresh))
 	}
 	return ""
+}
+
+func ownerName(pv *corev1.PersistentVolume) string {
+	if m := pv.Annotations[AnnPDMember]; m != "" {
+		return "PD member " + m
+	}
+	return "TiKV store " + pv.Annotations[AnnStoreID]
 }

@@ -68,4 +68,6 @@ func (m *metrics) ObservePD(op string, d time.Duration, err error) {
 
 // ObservePD records a PD call's latency and error; the binary passes it as
 // pd.Options.Observer to the clients it dials.
-func (c *Controller) ObservePD(op string, d time.Duration, err error) { c.metrics.ObservePD(op, d, err) }
+func (c *Controller) ObservePD(op string, d time.Duration, err error) {
+	c.metrics.ObservePD(op, d, err)
+}

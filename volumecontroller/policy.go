@@ -69,10 +69,10 @@ type OwnerFacts struct {
 
 // NodeFacts is the controller's view of the disk's node.
 type NodeFacts struct {
-	Gone          bool
-	GoneFor       time.Duration
-	NotReady      bool
-	NotReadyFor   time.Duration
+	Gone        bool
+	GoneFor     time.Duration
+	NotReady    bool
+	NotReadyFor time.Duration
 }
 
 // PodFacts is the pod that mounts the claim, if any.
