@@ -73,7 +73,7 @@ func podLabels(p *corev1.Pod) map[string]string {
 // address starts with the pod name (<pod>.<cluster>-tikv-peer.<ns>.svc:port).
 // A Tombstone store with the same address is an earlier incarnation and
 // never the owner of a disk seen for the first time.
-func storeOf(o owner, stores []pd.StoreInfo) (uint64, bool) {
+func storeOf(o owner, stores storeIndex) (uint64, bool) {
 	if v := o.Labels[labelStoreID]; v != "" {
 		if id, err := strconv.ParseUint(v, 10, 64); err == nil && id > 0 {
 			return id, true
@@ -83,8 +83,8 @@ func storeOf(o owner, stores []pd.StoreInfo) (uint64, bool) {
 		return 0, false
 	}
 	var found []uint64
-	for _, s := range stores {
-		if s.PodName() != o.Pod || s.Phase() == pd.PhaseTombstone || s.Phase() == pd.PhaseUnknown {
+	for _, s := range stores.byPod[o.Pod] {
+		if s.Phase() == pd.PhaseTombstone || s.Phase() == pd.PhaseUnknown {
 			continue
 		}
 		if !addressMatches(s.Address, o) {

@@ -39,7 +39,7 @@ type pdEndpoint struct {
 	client PD
 
 	mu        sync.Mutex
-	stores    []pd.StoreInfo
+	stores    storeIndex
 	storesErr error
 	storesAt  time.Time
 	members   pd.Members
@@ -81,18 +81,36 @@ var allStores = []pd.StoreState{pd.StoreUp, pd.StoreOffline, pd.StoreTombstone}
 
 // storesCached returns the endpoint's stores, at most ttl old. Errors are
 // cached as well, so an unreachable PD is not hammered by every PV.
-func (v *pdView) storesCached(ctx context.Context, url string) ([]pd.StoreInfo, error) {
+func (v *pdView) storesCached(ctx context.Context, url string) (storeIndex, error) {
 	e, err := v.endpoint(url)
 	if err != nil {
-		return nil, err
+		return storeIndex{}, err
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if now := v.clock.Now(); e.storesAt.IsZero() || now.Sub(e.storesAt) >= v.ttl {
-		e.stores, e.storesErr = e.client.Stores(ctx, allStores...)
+		var list []pd.StoreInfo
+		list, e.storesErr = e.client.Stores(ctx, allStores...)
+		e.stores = indexStores(list)
 		e.storesAt = now
 	}
 	return e.stores, e.storesErr
+}
+
+// storeIndex is a store list indexed for per-PV lookups, so a resync over
+// thousands of PVs stays linear.
+type storeIndex struct {
+	byID  map[uint64]pd.StoreInfo
+	byPod map[string][]pd.StoreInfo
+}
+
+func indexStores(list []pd.StoreInfo) storeIndex {
+	idx := storeIndex{byID: make(map[uint64]pd.StoreInfo, len(list)), byPod: make(map[string][]pd.StoreInfo, len(list))}
+	for _, s := range list {
+		idx.byID[s.ID] = s
+		idx.byPod[s.PodName()] = append(idx.byPod[s.PodName()], s)
+	}
+	return idx
 }
 
 func (v *pdView) membersCached(ctx context.Context, url string) (pd.Members, error) {
@@ -124,20 +142,18 @@ func (v *pdView) invalidate(url string) {
 // storeFacts reads a store's state from a store list. A store missing from
 // a list that holds other stores was removed from PD; a missing store in an
 // empty list tells nothing (a PD that lost its data, or the wrong PD).
-func storeFacts(stores []pd.StoreInfo, err error, id uint64) OwnerFacts {
+func storeFacts(stores storeIndex, err error, id uint64) OwnerFacts {
 	if err != nil {
 		return OwnerFacts{Err: err}
 	}
-	for _, s := range stores {
-		if s.ID == id {
-			ph := s.Phase()
-			if ph == pd.PhaseUnknown {
-				return OwnerFacts{Err: fmt.Errorf("store %d: PD reports state %q / %d / %d", id, s.StateName, s.State, s.NodeState)}
-			}
-			return OwnerFacts{Known: true, Phase: ph}
+	if s, ok := stores.byID[id]; ok {
+		ph := s.Phase()
+		if ph == pd.PhaseUnknown {
+			return OwnerFacts{Err: fmt.Errorf("store %d: PD reports state %q / %d / %d", id, s.StateName, s.State, s.NodeState)}
 		}
+		return OwnerFacts{Known: true, Phase: ph}
 	}
-	if len(stores) == 0 {
+	if len(stores.byID) == 0 {
 		return OwnerFacts{Err: errors.New("PD lists no stores at all; refusing to conclude store " + fmt.Sprint(id) + " is gone")}
 	}
 	return OwnerFacts{Known: true, Removed: true, Phase: pd.PhaseTombstone}
@@ -165,12 +181,12 @@ func freshStoreFacts(ctx context.Context, c PD, id uint64) OwnerFacts {
 	if errors.Is(err, pd.ErrStoreNotFound) {
 		// Only "gone" if PD still knows other stores.
 		list, lerr := c.Stores(ctx, allStores...)
-		return storeFacts(list, lerr, id)
+		return storeFacts(indexStores(list), lerr, id)
 	}
 	if err != nil {
 		return OwnerFacts{Err: err}
 	}
-	return storeFacts([]pd.StoreInfo{s}, nil, id)
+	return storeFacts(indexStores([]pd.StoreInfo{s}), nil, id)
 }
 
 func freshMemberFacts(ctx context.Context, c PD, name string) OwnerFacts {

@@ -125,11 +125,11 @@ func TestDecideFree_DeletesOnlyPVsOfDeletedNodesPastTheGrace(t *testing.T) {
 
 func TestStoreFacts_TellsRemovedFromUnknown(t *testing.T) {
 	require.Equal(t, OwnerFacts{Known: true, Removed: true, Phase: pd.PhaseTombstone},
-		storeFacts([]pd.StoreInfo{{ID: 1, StateName: "Up"}}, nil, 7))
-	f := storeFacts(nil, nil, 7)
+		storeFacts(indexStores([]pd.StoreInfo{{ID: 1, StateName: "Up"}}), nil, 7))
+	f := storeFacts(indexStores(nil), nil, 7)
 	require.False(t, f.Known, "an empty store list proves nothing")
-	f = storeFacts(nil, errors.New("503"), 7)
+	f = storeFacts(indexStores(nil), errors.New("503"), 7)
 	require.False(t, f.Known)
-	f = storeFacts([]pd.StoreInfo{{ID: 7, StateName: "Serving"}}, nil, 7)
+	f = storeFacts(indexStores([]pd.StoreInfo{{ID: 7, StateName: "Serving"}}), nil, 7)
 	require.False(t, f.Known, "a state PD does not document is unknown")
 }
