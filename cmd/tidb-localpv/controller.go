@@ -119,7 +119,11 @@ func runController(cmd *cobra.Command, o *controllerOptions) error {
 	if err != nil {
 		return err
 	}
-	id, _ := os.Hostname()
+	// The pod name (from the downward API) says which replica leads.
+	id := os.Getenv("POD_NAME")
+	if id == "" {
+		id, _ = os.Hostname()
+	}
 	id += "_" + string(uuid.NewUUID())
 	ctx := klog.NewContext(cmd.Context(), klog.Background().WithValues("identity", id))
 

@@ -168,6 +168,10 @@ func (s *Server) deleteStore(w http.ResponseWriter, r *http.Request) {
 	_, force := r.URL.Query()["force"]
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.deletes == nil {
+		s.deletes = map[uint64]int{}
+	}
+	s.deletes[id]++
 	status, msg := s.removeStoreLocked(id, force, s.nowLocked())
 	writeJSON(w, status, msg)
 }

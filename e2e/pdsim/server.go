@@ -89,6 +89,9 @@ type Server struct {
 	nextMember  uint64
 	unavailable bool
 	garbage     bool
+	// deletes counts DELETE /store/{id} requests per store, so tests can
+	// show an action was not done twice.
+	deletes map[uint64]int
 
 	httpServer *http.Server
 }

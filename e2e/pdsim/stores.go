@@ -282,3 +282,10 @@ func statusAddress(address string) string {
 	}
 	return net.JoinHostPort(host, "20180")
 }
+
+// DeleteRequests is how many times DELETE /store/{id} was requested.
+func (s *Server) DeleteRequests(id uint64) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.deletes[id]
+}
