@@ -403,6 +403,17 @@ func (a *Agent) rememberBlock(id string) error {
 	return nil
 }
 
+// forgetBlock takes a wiped block disk off the list: left on it, the disk
+// would count as holding data forever and be wiped on every pass instead of
+// being published again.
+func (a *Agent) forgetBlock(id string) error {
+	err := os.Remove(filepath.Join(a.cfg.StateDir, "published", id))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("forget wiped block disk %s: %w", id, err)
+	}
+	return nil
+}
+
 func firstFew(names []string) string {
 	if len(names) > 3 {
 		return strings.Join(names[:3], ", ") + ", …"

@@ -99,6 +99,12 @@ func (a *Agent) wipe(ctx context.Context, d found, pv *corev1.PersistentVolume) 
 			fmt.Sprintf("wipe of disk %s at %s failed: %v", d.ID, d.Path, err))
 		return fmt.Errorf("wipe %s: %w", d.Path, err)
 	}
+	if d.Mode == corev1.PersistentVolumeBlock {
+		// Wiped and verified: it holds nothing of a consumer's any more.
+		if err := a.forgetBlock(d.ID); err != nil {
+			return err
+		}
+	}
 	a.metrics.wipeTime.WithLabelValues(res.Method).Observe(res.Duration.Seconds())
 	log.Info("wiped disk", "method", res.Method, "files", res.Files, "dirs", res.Dirs, "duration", res.Duration)
 	a.events.event(subject, corev1.EventTypeNormal, ReasonWiped,

@@ -91,11 +91,15 @@ func (w *Watcher) Run(ctx context.Context) error {
 // POLLERR) on every change of the namespace's mount table. A pipe closed on
 // cancellation wakes the poll so no timeout loop is needed.
 func (w *Watcher) watchMounts(ctx context.Context) error {
-	f, err := os.Open(w.MountInfo)
+	// A raw descriptor, not os.Open: os.Open registers a pollable file with
+	// the Go runtime's epoll, whose readiness checks call the kernel's
+	// mountinfo poll too and consume the change before poll(2) below sees
+	// it, so mounts went unnoticed.
+	mfd, err := unix.Open(w.MountInfo, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", w.MountInfo, err)
 	}
-	defer f.Close()
+	defer unix.Close(mfd)
 	var p [2]int
 	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
 		return fmt.Errorf("create wake pipe: %w", err)
@@ -109,7 +113,7 @@ func (w *Watcher) watchMounts(ctx context.Context) error {
 	}()
 
 	fds := []unix.PollFd{
-		{Fd: int32(f.Fd()), Events: unix.POLLPRI},
+		{Fd: int32(mfd), Events: unix.POLLPRI},
 		{Fd: int32(p[0]), Events: unix.POLLIN},
 	}
 	for {

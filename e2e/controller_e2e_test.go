@@ -404,4 +404,3 @@ func leaseHolder(ctx context.Context, t *testing.T, te *tidbEnv) string {
 	}, waitLong, tick)
 	return *lease.Spec.HolderIdentity
 }
-

@@ -4,6 +4,8 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -41,4 +43,43 @@ func TestMountedDisk_BecomesAvailableAndAPendingPodBindsToIt(t *testing.T) {
 	}, 60*time.Second, 20*time.Millisecond)
 	bound := time.Since(mounted)
 	t.Logf("mount appears → PV Available: %s; → pending pod bound and Running: %s", published.Round(time.Millisecond), bound.Round(time.Millisecond))
+}
+
+// Mounting onto a directory that already exists creates no directory, so
+// fsnotify says nothing: only the mount-table watch (poll on mountinfo) can
+// notice it. The directories exist before the agent starts, so no other
+// event from the discovery directory can stand in for the mount event; the
+// periodic resync is minutes away.
+func TestMountOntoExistingDirectory_IsNoticedFromTheMountTable(t *testing.T) {
+	env, nodes := startEnv(t, "node-a")
+	ctx := t.Context()
+	n := nodes["node-a"]
+	const rounds = 10
+	for i := range rounds {
+		require.NoError(t, os.MkdirAll(diskDir(n, fmt.Sprintf("disk%d", i)), 0o755))
+	}
+	require.NoError(t, n.StartAgent(ctx))
+	require.NoError(t, n.WaitAgentReady(ctx, waitLong))
+	require.Empty(t, pvsOf(ctx, t, env, "node-a"), "plain directories are not disks")
+
+	// The event path takes milliseconds. A missed mount event leaves the
+	// disk unpublished until some unrelated event happens to trigger a
+	// pass — seconds later, or never before the resync. Ten rounds because
+	// the bug this guards against (the Go runtime's epoll consuming the
+	// mountinfo change) lost only some of the events.
+	const within = time.Second
+	for i := range rounds {
+		dir := diskDir(n, fmt.Sprintf("disk%d", i))
+		require.NoError(t, env.Host.MountTmpfs(dir, "16m"))
+		mounted := time.Now()
+		require.Eventually(t, func() bool {
+			for _, pv := range pvsOf(ctx, t, env, "node-a") {
+				if pv.Spec.Local.Path == dir {
+					return true
+				}
+			}
+			return false
+		}, within, 5*time.Millisecond, "mount onto existing %s went unnoticed for %s", dir, within)
+		t.Logf("round %d: mount onto an existing directory → PV: %s", i+1, time.Since(mounted).Round(time.Millisecond))
+	}
 }

@@ -15,10 +15,8 @@ import (
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/utils/ptr"
 
 	"github.com/tidb-localpv/tidb-localpv/e2e/hostdisk"
 	"github.com/tidb-localpv/tidb-localpv/e2e/sim"
@@ -107,35 +105,7 @@ func waitPV(ctx context.Context, t *testing.T, env *sim.Env, node, path string, 
 
 // tikvStatefulSet is a TiKV-like StatefulSet: one tikv-ssd volume per pod.
 func tikvStatefulSet(name string, replicas int32) *appsv1.StatefulSet {
-	lbl := map[string]string{"app.kubernetes.io/component": "tikv", "app.kubernetes.io/instance": name}
-	return &appsv1.StatefulSet{
-		ObjectMeta: metav1.ObjectMeta{Name: name + "-tikv", Namespace: "default"},
-		Spec: appsv1.StatefulSetSpec{
-			Replicas:            ptr.To(replicas),
-			ServiceName:         name + "-tikv-peer",
-			PodManagementPolicy: appsv1.ParallelPodManagement,
-			Selector:            &metav1.LabelSelector{MatchLabels: lbl},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: lbl},
-				Spec: corev1.PodSpec{
-					Containers: []corev1.Container{{
-						Name: "tikv", Image: "pingcap/tikv:v8.5.0",
-						VolumeMounts: []corev1.VolumeMount{{Name: "tikv", MountPath: "/var/lib/tikv"}},
-					}},
-				},
-			},
-			VolumeClaimTemplates: []corev1.PersistentVolumeClaim{{
-				ObjectMeta: metav1.ObjectMeta{Name: "tikv"},
-				Spec: corev1.PersistentVolumeClaimSpec{
-					AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-					StorageClassName: ptr.To("tikv-ssd"),
-					Resources: corev1.VolumeResourceRequirements{
-						Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("16Mi")},
-					},
-				},
-			}},
-		},
-	}
+	return sim.TiKVStatefulSet(name, replicas)
 }
 
 func podName(sts string, i int) string { return fmt.Sprintf("%s-%d", sts, i) }

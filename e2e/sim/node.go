@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/tidb-localpv/tidb-localpv/e2e/cluster"
@@ -18,9 +19,10 @@ type Node struct {
 	Root string
 	env  *Env
 
-	mu    sync.Mutex
-	agent *cluster.Process
-	runs  int
+	mu          sync.Mutex
+	agent       *cluster.Process
+	runs        int
+	metricsAddr string // host:port of the current agent's /metrics, /readyz
 }
 
 // AddNode creates a kwok node and its host root; the agent is not started.
@@ -72,7 +74,17 @@ func (n *Node) StartAgent(ctx context.Context) error {
 		return err
 	}
 	n.agent = p
+	n.metricsAddr = flagValue(args, "--metrics-address")
 	return nil
+}
+
+func flagValue(args []string, name string) string {
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, name+"="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // StopAgent stops the agent gracefully.

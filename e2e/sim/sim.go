@@ -89,6 +89,14 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	if progress == nil {
 		progress = io.Discard
 	}
+	// Leftover checks compare paths: they must be absolute.
+	if !filepath.IsAbs(opts.WorkDir) {
+		abs, err := filepath.Abs(opts.WorkDir)
+		if err != nil {
+			return nil, err
+		}
+		opts.WorkDir = abs
+	}
 	e := &Env{Host: &hostdisk.Host{}, opts: opts}
 	defer func() {
 		if err != nil {
@@ -197,7 +205,8 @@ func FreePort() (int, error) {
 }
 
 // Close stops every process, the control plane and the host disks, and
-// reports anything left behind.
+// reports anything left behind: mounts below the work dir, loop devices
+// backed by files in it, and processes whose command line names it.
 func (e *Env) Close() error {
 	e.mu.Lock()
 	nodes, procs := e.nodes, e.procs
@@ -220,8 +229,18 @@ func (e *Env) Close() error {
 	case len(mounts) > 0 || len(loops) > 0:
 		err = errors.Join(err, fmt.Errorf("left behind: mounts %v, loop devices %v", mounts, loops))
 	}
+	left, perr := waitNoStragglers(e.opts.WorkDir)
+	switch {
+	case perr != nil:
+		err = errors.Join(err, perr)
+	case len(left) > 0:
+		err = errors.Join(err, fmt.Errorf("left behind: processes %s", strings.Join(left, "; ")))
+	}
 	return err
 }
+
+// WorkDir is the directory that holds everything of this env.
+func (e *Env) WorkDir() string { return e.opts.WorkDir }
 
 // StartProcess runs one more program (a controller, the PD simulator) that
 // Close stops.
