@@ -108,7 +108,7 @@ type Agent struct {
 	metrics  *metrics
 
 	mu        sync.Mutex
-	busy      map[string]bool // disk IDs being wiped
+	busy      map[string]string // disk ID being wiped → its path, once located
 	inventory []discovery.ValidEntry
 
 	ready atomic.Bool
@@ -167,7 +167,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		},
 		blocks:  discovery.BlockIdentity{ByIDDir: cfg.ByIDDir, SysBlockDir: cfg.SysBlockDir},
 		metrics: newMetrics(deps.Registry),
-		busy:    map[string]bool{},
+		busy:    map[string]string{},
 	}
 	a.pvInf = ownPVs.Core().V1().PersistentVolumes().Informer()
 	a.pvLister = ownPVs.Core().V1().PersistentVolumes().Lister()
@@ -301,11 +301,20 @@ func (a *Agent) processNext(ctx context.Context) bool {
 func (a *Agent) tryBusy(id string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.busy[id] {
+	if _, held := a.busy[id]; held {
 		return false
 	}
-	a.busy[id] = true
+	a.busy[id] = ""
 	return true
+}
+
+// holdPath records where the disk being wiped is, so that a reconcile pass
+// leaves that path alone: mid-reformat the disk is briefly a blank
+// filesystem without its marker, which must not be taken for a new disk.
+func (a *Agent) holdPath(id, path string) {
+	a.mu.Lock()
+	a.busy[id] = path
+	a.mu.Unlock()
 }
 
 func (a *Agent) release(id string) {
@@ -317,5 +326,17 @@ func (a *Agent) release(id string) {
 func (a *Agent) isBusy(id string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.busy[id]
+	_, held := a.busy[id]
+	return held
+}
+
+func (a *Agent) pathBusy(path string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, p := range a.busy {
+		if p == path {
+			return true
+		}
+	}
+	return false
 }

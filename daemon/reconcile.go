@@ -60,7 +60,16 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	for p, why := range scan.Skipped {
 		log.V(4).Info("not a disk", "path", p, "reason", why)
 	}
-	disks := a.identify(ctx, scan.Disks)
+	counts := map[[2]string]float64{}
+	idle := scan.Disks[:0:0]
+	for _, d := range scan.Disks {
+		if a.pathBusy(d.Path) {
+			counts[[2]string{d.Class, stateWiping}]++
+			continue
+		}
+		idle = append(idle, d)
+	}
+	disks := a.identify(ctx, idle)
 
 	pvs, err := a.ownPVs()
 	if err != nil {
@@ -79,7 +88,6 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		}
 	}
 
-	counts := map[[2]string]float64{}
 	var errs []error
 	requeue := false
 

@@ -44,6 +44,7 @@ func (a *Agent) Recycle(ctx context.Context, pv *corev1.PersistentVolume) error 
 			fmt.Sprintf("disk %s is not at %s on node %s; the PV goes without a wipe, and the disk is wiped before reuse if it comes back", id, pv.Spec.Local.Path, a.cfg.NodeName))
 		return nil
 	}
+	a.holdPath(id, d.Path)
 	return a.wipe(ctx, d, pv)
 }
 
@@ -134,6 +135,7 @@ func (a *Agent) startOrphanWipe(ctx context.Context, d found) error {
 	if !a.tryBusy(d.ID) {
 		return nil
 	}
+	a.holdPath(d.ID, d.Path)
 	reason := "holds data but has no PV"
 	if d.Wiping {
 		reason = "was interrupted while being wiped"

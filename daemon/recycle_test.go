@@ -140,3 +140,22 @@ func TestRecycle_ReportsAFailedWipeAndTheDiskStaysUnpublishable(t *testing.T) {
 	require.Empty(t, h.createActions())
 	require.FileExists(t, filepath.Join(nested, "file"))
 }
+
+// Mid-reformat a disk is a blank filesystem without its marker for a moment;
+// a reconcile pass then must not take it for a new disk (new identity, new PV).
+func TestReconcile_LeavesAPathBeingWipedAloneEvenWhenItLooksLikeANewDisk(t *testing.T) {
+	h := newHarness(t, harnessConfig{})
+	disk := h.newDisk("disk0") // blank, no marker: what a fresh mkfs leaves
+	require.True(t, h.agent.tryBusy(idA))
+	h.agent.holdPath(idA, disk)
+
+	h.mustReconcile()
+	_, ok, err := discovery.ReadMarker(disk)
+	require.NoError(t, err)
+	require.False(t, ok, "no identity may be written to a disk being wiped")
+	require.Empty(t, h.createActions())
+
+	h.agent.release(idA)
+	h.mustReconcile()
+	require.Len(t, h.createActions(), 1, "published once the wipe let go")
+}

@@ -1,13 +1,14 @@
 package discovery
 
 import (
-	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -96,9 +97,7 @@ func ParseInventory(data string) ([]IndexedEntry, []Problem, error) {
 		return nil, nil, fmt.Errorf("inventory %s is not valid YAML: %w", InventoryKey, err)
 	}
 	var doc inventoryDoc
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&doc); err != nil {
+	if err := decodeStrict(raw, &doc); err != nil {
 		return nil, nil, fmt.Errorf("inventory %s: want a document with a \"disks:\" list: %w", InventoryKey, err)
 	}
 	var (
@@ -107,15 +106,24 @@ func ParseInventory(data string) ([]IndexedEntry, []Problem, error) {
 	)
 	for i, r := range doc.Disks {
 		var e Entry
-		d := json.NewDecoder(bytes.NewReader(r))
-		d.DisallowUnknownFields()
-		if err := d.Decode(&e); err != nil {
+		if err := decodeStrict(r, &e); err != nil {
 			problems = append(problems, Problem{Index: i, Target: "unreadable entry", Message: fmt.Sprintf("%v (fields: node, device, path, storageClass, volumeMode, name, fsType, format, force, allowNonMountPoint)", err)})
 			continue
 		}
 		entries = append(entries, IndexedEntry{Index: i, Entry: e})
 	}
 	return entries, problems, nil
+}
+
+// decodeStrict decodes like kubectl does: field names are case-sensitive,
+// and unknown or duplicate fields are errors, so a misspelt field is
+// reported instead of silently ignored.
+func decodeStrict(data []byte, v any) error {
+	strict, err := kjson.UnmarshalStrict(data, v)
+	if err != nil {
+		return err
+	}
+	return errors.Join(strict...)
 }
 
 // IndexedEntry is an entry with its position in the list.

@@ -219,3 +219,11 @@ func countOtherNodes(es []IndexedEntry, node string) int {
 	}
 	return n
 }
+
+func TestParseInventory_FieldNamesAreCaseSensitive(t *testing.T) {
+	entries, problems, err := ParseInventory("disks:\n- path: /mnt/pd/a\n  storageClass: pd-ssd\n  allowNonMountpoint: true\n")
+	require.NoError(t, err)
+	require.Empty(t, entries)
+	require.Len(t, problems, 1)
+	require.Contains(t, problems[0].Message, "allowNonMountpoint")
+}

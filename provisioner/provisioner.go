@@ -61,7 +61,19 @@ func (p *Provisioner) Delete(ctx context.Context, pv *corev1.PersistentVolume) e
 	if reason := deletable(pv, fresh); reason != "" {
 		return &controller.IgnoredError{Reason: reason}
 	}
-	return p.Recycler.Recycle(ctx, fresh)
+	if err := p.Recycler.Recycle(ctx, fresh); err != nil {
+		return err
+	}
+	// The library would delete the PV by name only; deleting it here with
+	// a UID precondition keeps the rule that every delete names the object
+	// it decided on. "Ignored" then tells the library there is nothing left
+	// for it to do.
+	uid := fresh.UID
+	err = p.Client.CoreV1().PersistentVolumes().Delete(ctx, fresh.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		return fmt.Errorf("delete PV %s after wiping its disk: %w", fresh.Name, err)
+	}
+	return &controller.IgnoredError{Reason: fmt.Sprintf("disk wiped and PV %s deleted by tidb-localpv", fresh.Name)}
 }
 
 // deletable says why a freshly read PV must not be wiped, or "" if it may.

@@ -3,6 +3,7 @@ package provisioner
 import (
 	"context"
 	"errors"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sync"
 	"testing"
 
@@ -107,6 +108,27 @@ func TestDelete_RechecksAFreshReadAndIgnoresEveryPVItMustNotWipe(t *testing.T) {
 			reason:  "was replaced",
 		},
 		{
+			name: "a live store's claim deleted by hand: no approval from the volume-controller",
+			fresh: func(pv *corev1.PersistentVolume) *corev1.PersistentVolume {
+				pv.Annotations[AnnOwnerClaim] = "claim-uid"
+				pv.Annotations[AnnStoreID] = "7"
+				return pv
+			},
+			wantGet: true,
+			reason:  "TiKV store 7",
+		},
+		{
+			name: "approval given for an earlier claim of the same PV",
+			fresh: func(pv *corev1.PersistentVolume) *corev1.PersistentVolume {
+				pv.Annotations[AnnOwnerClaim] = "claim-uid"
+				pv.Annotations[AnnPDMember] = "pd-2"
+				pv.Annotations[AnnReleaseApproved] = "an-older-claim"
+				return pv
+			},
+			wantGet: true,
+			reason:  "PD member pd-2",
+		},
+		{
 			name: "re-bound since: no longer Released",
 			fresh: func(pv *corev1.PersistentVolume) *corev1.PersistentVolume {
 				pv.Status.Phase = corev1.VolumeBound
@@ -208,11 +230,36 @@ func TestDelete_WipesAReleasedPVOnceWithTheFreshObject(t *testing.T) {
 	rec := &fakeRecycler{}
 	p := &Provisioner{Node: "node-a", Client: client, Recycler: rec}
 
-	require.NoError(t, p.Delete(context.Background(), seen))
+	err := p.Delete(context.Background(), seen)
+	// The PV is deleted here, with a UID precondition, and the library told
+	// there is nothing left to do.
+	require.ErrorAs(t, err, new(*controller.IgnoredError))
+	var deleted bool
+	for _, a := range client.Actions() {
+		if d, ok := a.(k8stesting.DeleteAction); ok {
+			deleted = true
+			require.Equal(t, types.UID("uid-1"), *d.GetDeleteOptions().Preconditions.UID)
+		}
+	}
+	require.True(t, deleted)
+	_, gerr := client.CoreV1().PersistentVolumes().Get(context.Background(), fresh.Name, metav1.GetOptions{})
+	require.True(t, apierrors.IsNotFound(gerr))
 
 	require.Len(t, rec.calls, 1)
 	require.Equal(t, "after the informer copy", rec.calls[0].Annotations["example.com/touched"], "the recycler gets the fresh read, not the informer copy")
 	require.Equal(t, types.UID("uid-1"), rec.calls[0].UID)
+}
+
+func TestDelete_WipesAnOwnedDiskOnceTheVolumeControllerApprovedItsClaim(t *testing.T) {
+	pv := releasedPV(t)
+	pv.Annotations[AnnOwnerClaim] = "claim-uid"
+	pv.Annotations[AnnStoreID] = "7"
+	pv.Annotations[AnnReleaseApproved] = "claim-uid"
+	rec := &fakeRecycler{}
+	p := &Provisioner{Node: "node-a", Client: fake.NewClientset(pv), Recycler: rec}
+	err := p.Delete(context.Background(), pv)
+	require.ErrorContains(t, err, "disk wiped")
+	require.Len(t, rec.calls, 1)
 }
 
 func TestDelete_ReturnsTheRecyclersFailureSoTheLibraryRetries(t *testing.T) {

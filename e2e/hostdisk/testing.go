@@ -20,8 +20,8 @@ func RequireRoot(t testing.TB, why string) {
 	t.Skipf("needs root to %s; run as root (CI does) to include it", why)
 }
 
-// ForTest returns a Host whose disks are undone when the test ends, and
-// checks that nothing was left below root.
+// ForTest returns a Host whose disks are undone when the test ends; a
+// failure to undo one fails the test.
 func ForTest(t testing.TB) *Host {
 	t.Helper()
 	h := &Host{}
