@@ -2,6 +2,9 @@ package daemon
 
 import (
 	"fmt"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/sig-storage-lib-external-provisioner/v9/controller"
 	"strings"
 	"testing"
 
@@ -29,14 +32,17 @@ func TestRecycle_WipesAReleasedBlockDiskAndTheNextPassPublishesItAgain(t *testin
 	require.NoError(t, hostdisk.Mkfs(dev, "ext4")) // the consumer's data
 	p := &provisioner.Provisioner{Node: testNode, Client: h.client, Recycler: h.agent}
 
-	require.NoError(t, p.Delete(h.ctx, h.release(pv.Name)))
+	// Delete wipes, then deletes the PV itself (UID precondition) and tells
+	// the library there is nothing left for it to do.
+	require.ErrorAs(t, p.Delete(h.ctx, h.release(pv.Name)), new(*controller.IgnoredError))
+	_, gerr := h.client.CoreV1().PersistentVolumes().Get(h.ctx, pv.Name, metav1.GetOptions{})
+	require.True(t, apierrors.IsNotFound(gerr), "the wiped PV is deleted")
 
 	require.Empty(t, blkid(t, dev))
 	wiped := h.events.withReason(ReasonWiped)
 	require.Len(t, wiped, 1)
 	require.Contains(t, wiped[0].Message, "wiped by discard")
 
-	h.deletePV(pv.Name) // what the library does once Delete returned nil
 	h.client.ClearActions()
 	h.mustReconcile()
 

@@ -305,6 +305,11 @@ func (a *Agent) publish(ctx context.Context, d found) (*corev1.PersistentVolume,
 	if err != nil {
 		return nil, err
 	}
+	// Put the new PV in the cache at once: a pass that runs before the
+	// watch delivers it would otherwise try to publish the disk again.
+	if err := a.pvInf.GetIndexer().Add(created); err != nil {
+		klog.FromContext(ctx).Error(err, "cache published PV", "pv", created.Name)
+	}
 	klog.FromContext(ctx).Info("published disk", "pv", created.Name, "path", d.Path, "disk", d.ID, "class", d.Class, "capacity", d.Capacity)
 	a.events.event(created, corev1.EventTypeNormal, ReasonPublished,
 		fmt.Sprintf("disk %s at %s on node %s (%d bytes)", d.ID, d.Path, a.cfg.NodeName, d.Capacity))

@@ -109,7 +109,7 @@ func (a *Agent) wipe(ctx context.Context, d found, pv *corev1.PersistentVolume) 
 	a.metrics.wipeTime.WithLabelValues(res.Method).Observe(res.Duration.Seconds())
 	log.Info("wiped disk", "method", res.Method, "files", res.Files, "dirs", res.Dirs, "duration", res.Duration)
 	a.events.event(subject, corev1.EventTypeNormal, ReasonWiped,
-		fmt.Sprintf("disk %s at %s wiped by %s in %s (%d files, %d directories)", d.ID, d.Path, res.Method, res.Duration.Round(time.Millisecond), res.Files, res.Dirs))
+		fmt.Sprintf("disk %s at %s wiped by %s in %s (%d files, %d directories)", d.ID, d.Path, res.Method, roundDuration(res.Duration), res.Files, res.Dirs))
 	return nil
 }
 
@@ -149,4 +149,12 @@ func (a *Agent) startOrphanWipe(ctx context.Context, d found) error {
 		_ = a.wipe(ctx, d, nil)
 	}()
 	return nil
+}
+
+// roundDuration keeps events readable without turning a fast wipe into "0s".
+func roundDuration(d time.Duration) time.Duration {
+	if d < time.Millisecond {
+		return d.Round(time.Microsecond)
+	}
+	return d.Round(time.Millisecond)
 }

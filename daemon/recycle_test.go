@@ -1,7 +1,10 @@
 package daemon
 
 import (
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"path/filepath"
+	"sigs.k8s.io/sig-storage-lib-external-provisioner/v9/controller"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -39,7 +42,11 @@ func TestRecycle_WipesTheReleasedDiskAndTheNextPassPublishesItAgain(t *testing.T
 	released := h.release(name)
 	p := &provisioner.Provisioner{Node: testNode, Client: h.client, Recycler: h.agent}
 
-	require.NoError(t, p.Delete(h.ctx, released))
+	// Delete wipes, then deletes the PV itself (UID precondition) and tells
+	// the library there is nothing left for it to do.
+	require.ErrorAs(t, p.Delete(h.ctx, released), new(*controller.IgnoredError))
+	_, gerr := h.client.CoreV1().PersistentVolumes().Get(h.ctx, name, metav1.GetOptions{})
+	require.True(t, apierrors.IsNotFound(gerr), "the wiped PV is deleted")
 
 	left, err := discovery.Contents(disk)
 	require.NoError(t, err)
@@ -50,7 +57,6 @@ func TestRecycle_WipesTheReleasedDiskAndTheNextPassPublishesItAgain(t *testing.T
 	require.Equal(t, name, wiped[0].Object.(*corev1.PersistentVolume).Name)
 	require.False(t, h.agent.isBusy(id))
 
-	h.deletePV(name) // what the library does once Delete returned nil
 	h.client.ClearActions()
 	h.mustReconcile()
 
