@@ -48,7 +48,7 @@ type tidbEnv struct {
 // about a second, a silent one is Disconnected after 2 s and Down after 4 s.
 var pdOptions = pdsim.Options{MaxReplicas: 3, DrainDelay: time.Second, DisconnectedAfter: 2 * time.Second, DownAfter: 4 * time.Second, CheckInterval: 200 * time.Millisecond}
 
-func startTiDBEnv(t *testing.T, classes []string, nodes ...string) *tidbEnv {
+func startTiDBEnv(t testing.TB, classes []string, nodes ...string) *tidbEnv {
 	t.Helper()
 	env, ns := startEnv(t, nodes...)
 	ctx := context.Background()
@@ -117,7 +117,7 @@ func tidbStatefulSet(component, class string, replicas int32) *appsv1.StatefulSe
 
 // deploy creates the StatefulSet and waits until every pod runs and its
 // owner (store or member) is recorded on its PV.
-func (te *tidbEnv) deploy(ctx context.Context, t *testing.T, sts *appsv1.StatefulSet) {
+func (te *tidbEnv) deploy(ctx context.Context, t testing.TB, sts *appsv1.StatefulSet) {
 	t.Helper()
 	_, err := te.env.Cluster.Client.AppsV1().StatefulSets(tidbNS).Create(ctx, sts, metav1.CreateOptions{})
 	require.NoError(t, err)
@@ -127,7 +127,7 @@ func (te *tidbEnv) deploy(ctx context.Context, t *testing.T, sts *appsv1.Statefu
 }
 
 // waitOwnerRecorded waits until pod i runs and its PV records its owner.
-func (te *tidbEnv) waitOwnerRecorded(ctx context.Context, t *testing.T, sts *appsv1.StatefulSet, i int) *corev1.PersistentVolume {
+func (te *tidbEnv) waitOwnerRecorded(ctx context.Context, t testing.TB, sts *appsv1.StatefulSet, i int) *corev1.PersistentVolume {
 	t.Helper()
 	var pv *corev1.PersistentVolume
 	require.Eventually(t, func() bool {
@@ -152,7 +152,7 @@ func (te *tidbEnv) pvOfClaim(ctx context.Context, sts *appsv1.StatefulSet, i int
 	return pv
 }
 
-func storeIDOf(t *testing.T, pv *corev1.PersistentVolume) uint64 {
+func storeIDOf(t testing.TB, pv *corev1.PersistentVolume) uint64 {
 	t.Helper()
 	id, err := strconv.ParseUint(pv.Annotations[provisioner.AnnStoreID], 10, 64)
 	require.NoError(t, err)
@@ -161,7 +161,7 @@ func storeIDOf(t *testing.T, pv *corev1.PersistentVolume) uint64 {
 
 // offlineStore does what TiDB Operator does to scale TiKV in: ask PD to
 // remove the store and wait until it is buried.
-func (te *tidbEnv) offlineStore(ctx context.Context, t *testing.T, id uint64) time.Time {
+func (te *tidbEnv) offlineStore(ctx context.Context, t testing.TB, id uint64) time.Time {
 	t.Helper()
 	c, err := pd.New(te.pd.URL, pd.Options{})
 	require.NoError(t, err)
@@ -180,7 +180,7 @@ func (te *tidbEnv) offlineStore(ctx context.Context, t *testing.T, id uint64) ti
 
 // waitRecycled waits until the disk that held pv is published again as a
 // new, Available PV, and returns it.
-func (te *tidbEnv) waitRecycled(ctx context.Context, t *testing.T, old *corev1.PersistentVolume) corev1.PersistentVolume {
+func (te *tidbEnv) waitRecycled(ctx context.Context, t testing.TB, old *corev1.PersistentVolume) corev1.PersistentVolume {
 	t.Helper()
 	var got corev1.PersistentVolume
 	require.Eventually(t, func() bool {
@@ -199,14 +199,14 @@ func (te *tidbEnv) waitRecycled(ctx context.Context, t *testing.T, old *corev1.P
 	return got
 }
 
-func (te *tidbEnv) requireClaimExists(ctx context.Context, t *testing.T, name string) {
+func (te *tidbEnv) requireClaimExists(ctx context.Context, t testing.TB, name string) {
 	t.Helper()
 	_, err := te.env.Cluster.Client.CoreV1().PersistentVolumeClaims(tidbNS).Get(ctx, name, metav1.GetOptions{})
 	require.NoError(t, err, "claim %s must survive", name)
 }
 
 // waitEvent waits for an event with reason about an object.
-func (te *tidbEnv) waitEvent(ctx context.Context, t *testing.T, uid types.UID, reason string) corev1.Event {
+func (te *tidbEnv) waitEvent(ctx context.Context, t testing.TB, uid types.UID, reason string) corev1.Event {
 	t.Helper()
 	var ev corev1.Event
 	require.Eventually(t, func() bool {

@@ -24,7 +24,7 @@ import (
 )
 
 // testLog lets progress lines reach `go test -v` as they happen.
-type testLog struct{ t *testing.T }
+type testLog struct{ t testing.TB }
 
 func (l testLog) Write(p []byte) (int, error) {
 	l.t.Log(strings.TrimRight(string(p), "\n"))
@@ -34,7 +34,7 @@ func (l testLog) Write(p []byte) (int, error) {
 // startEnv brings up a control plane with the manifests applied and the
 // named nodes, each running our agent. Everything is torn down — and checked
 // for leftovers — when the test ends, pass or fail.
-func startEnv(t *testing.T, nodes ...string) (*sim.Env, map[string]*sim.Node) {
+func startEnv(t testing.TB, nodes ...string) (*sim.Env, map[string]*sim.Node) {
 	t.Helper()
 	hostdisk.RequireRoot(t, "mount tmpfs disks and attach loop devices for the simulated nodes")
 	root, err := sim.FindRepoRoot()
@@ -63,7 +63,7 @@ func startEnv(t *testing.T, nodes ...string) (*sim.Env, map[string]*sim.Node) {
 	return env, out
 }
 
-func dumpLogs(t *testing.T, work string) {
+func dumpLogs(t testing.TB, work string) {
 	logs, _ := filepath.Glob(filepath.Join(work, "logs", "agent-*.log"))
 	for _, l := range logs {
 		data, _ := os.ReadFile(l)
@@ -76,7 +76,7 @@ func dumpLogs(t *testing.T, work string) {
 }
 
 // pvsOf lists our PVs on a node.
-func pvsOf(ctx context.Context, t *testing.T, env *sim.Env, node string) []corev1.PersistentVolume {
+func pvsOf(ctx context.Context, t testing.TB, env *sim.Env, node string) []corev1.PersistentVolume {
 	t.Helper()
 	list, err := env.Cluster.Client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{
 		LabelSelector: labels.Set{provisioner.LabelNode: node}.String(),
@@ -88,7 +88,7 @@ func pvsOf(ctx context.Context, t *testing.T, env *sim.Env, node string) []corev
 // waitPV waits for the PV of the disk at path and returns it.
 // Several phases may be given: a pending pod can bind an Available PV
 // faster than the test polls.
-func waitPV(ctx context.Context, t *testing.T, env *sim.Env, node, path string, phases ...corev1.PersistentVolumePhase) corev1.PersistentVolume {
+func waitPV(ctx context.Context, t testing.TB, env *sim.Env, node, path string, phases ...corev1.PersistentVolumePhase) corev1.PersistentVolume {
 	t.Helper()
 	var got corev1.PersistentVolume
 	require.Eventually(t, func() bool {

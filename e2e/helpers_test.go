@@ -161,7 +161,7 @@ func requirePodsOnTheirPVsNode(t *testing.T, ps []placement) {
 }
 
 // scaleStatefulSet sets replicas and waits until the pods beyond them are gone.
-func scaleStatefulSet(ctx context.Context, t *testing.T, env *sim.Env, sts *appsv1.StatefulSet, replicas, was int) {
+func scaleStatefulSet(ctx context.Context, t testing.TB, env *sim.Env, sts *appsv1.StatefulSet, replicas, was int) {
 	t.Helper()
 	patch := fmt.Sprintf(`{"spec":{"replicas":%d}}`, replicas)
 	_, err := env.Cluster.Client.AppsV1().StatefulSets(sts.Namespace).Patch(ctx, sts.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
@@ -191,7 +191,7 @@ func deleteClaim(ctx context.Context, t *testing.T, env *sim.Env, pvc corev1.Per
 // writeUserData stands in for TiKV writing to its volume: kwok runs no
 // containers, so the files go straight into the disk on the host.
 // It returns the names created at the disk's root, sorted.
-func writeUserData(t *testing.T, disk string, dirs, filesPerDir int) []string {
+func writeUserData(t testing.TB, disk string, dirs, filesPerDir int) []string {
 	t.Helper()
 	var top []string
 	for d := range dirs {
@@ -211,7 +211,7 @@ func writeUserData(t *testing.T, disk string, dirs, filesPerDir int) []string {
 
 // userContents lists a disk's root without its reserved names (marker,
 // lost+found), sorted.
-func userContents(t *testing.T, disk string) []string {
+func userContents(t testing.TB, disk string) []string {
 	t.Helper()
 	names, err := discovery.Contents(disk)
 	require.NoError(t, err)
