@@ -85,6 +85,9 @@ func TestReconcile_RefusesToPublishABlockDiskWhoseWipeFailedUntilAWipeSucceeds(t
 	h.mustReconcile()
 	require.Empty(t, h.createActions(), "a block disk with an unfinished wipe is not published")
 	require.Equal(t, "ext4", blkid(t, dev)["TYPE"])
+	// That pass started another (failing) wipe; let it end before the
+	// configuration changes under it.
+	require.Eventually(t, func() bool { return !h.agent.isBusy(id) }, eventuallyWait, eventuallyTick)
 
 	h.agent.wiper.BlockCommand = nil // fixed: the built-in discard
 	h.mustReconcile()
