@@ -495,3 +495,43 @@ func (n *notFound) Error() string { return n.res + " not found" }
 func (n *notFound) Status() metav1.Status {
 	return metav1.Status{Status: metav1.StatusFailure, Reason: metav1.StatusReasonNotFound, Code: 404}
 }
+
+func TestSync_DeadNodesFreePVIsDeletedUnlessTheNodeComesBackBeforeTheAction(t *testing.T) {
+	for _, comesBack := range []bool{false, true} {
+		t.Run(map[bool]string{false: "node stays gone", true: "node returns between decision and action"}[comesBack], func(t *testing.T) {
+			objs := tikvObjects(false)
+			pv := objs[0].(*corev1.PersistentVolume)
+			pv.Spec.ClaimRef = nil
+			pv.Status.Phase = corev1.VolumeAvailable
+			w := newWorld(t, pv, objs[2]) // the PV and node-a, no claim
+			require.NoError(t, w.client.CoreV1().Nodes().Delete(w.ctx, "node-a", metav1.DeleteOptions{}))
+			require.Eventually(t, func() bool { _, err := w.c.nodeLister.Get("node-a"); return err != nil }, 5*time.Second, time.Millisecond)
+			require.NoError(t, w.sync()) // grace starts
+			w.clock.Step(30 * time.Second)
+			require.NoError(t, w.sync())
+			require.NotNil(t, w.pv(), "within the grace period the PV stays")
+
+			w.clock.Step(time.Minute)
+			if comesBack {
+				w.client.PrependReactor("get", "nodes", func(k8stesting.Action) (bool, runtime.Object, error) {
+					return true, objs[2].DeepCopyObject(), nil
+				})
+			}
+			require.NoError(t, w.sync())
+			var deletes []k8stesting.DeleteAction
+			for _, a := range w.client.Actions() {
+				if d, ok := a.(k8stesting.DeleteAction); ok && a.GetResource().Resource == "persistentvolumes" {
+					deletes = append(deletes, d)
+				}
+			}
+			if comesBack {
+				require.Empty(t, deletes)
+				return
+			}
+			require.Len(t, deletes, 1)
+			pre := deletes[0].GetDeleteOptions().Preconditions
+			require.Equal(t, types.UID("pv-uid"), *pre.UID)
+			require.NotNil(t, pre.ResourceVersion)
+		})
+	}
+}
