@@ -71,6 +71,10 @@ func (s *story) waitFor(ctx context.Context, what string, cond func() (bool, err
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
+		// A dead controller would only show as a timeout: say so at once.
+		if s.controller != nil && s.controller.Exited() {
+			return fmt.Errorf("wait for %s: the controller exited: %w", what, s.controller.ExitError())
+		}
 		ok, err := cond()
 		if err != nil {
 			return fmt.Errorf("wait for %s: %w", what, err)

@@ -1,7 +1,9 @@
 // Command playground runs tidb-localpv on a real local control plane with
-// three simulated nodes, tells the life of a disk step by step — publish,
-// bind, release, wipe, republish — and leaves the cluster up to play with
-// until Ctrl-C, when it tears everything down and checks nothing is left.
+// four simulated nodes, tells the life of a disk step by step — publish,
+// bind, release, wipe, republish — then the volume-controller's stories
+// against a simulated PD — owners recorded, a TiKV scale-in, a dead node —
+// and leaves the cluster up to play with until Ctrl-C, when it tears
+// everything down and checks nothing is left.
 //
 //	go run ./e2e/playground            # make demo
 //	go run ./e2e/playground -exit      # the story only, for CI
@@ -16,7 +18,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -49,7 +53,8 @@ func main() {
 
 func run(o options) int {
 	started := time.Now()
-	out := os.Stdout
+	// The chronicle prints from watch goroutines while the story prints.
+	out := &syncWriter{w: os.Stdout}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	stopSignals := onSignal(cancel, out)
@@ -89,28 +94,36 @@ func run(o options) int {
 	fmt.Fprintf(out, "control plane up and manifests applied after %s\n", since(started))
 
 	code := 0
-	s := &story{env: env, out: out, root: os.Geteuid() == 0 && !o.plainDirs}
+	s := &story{env: env, out: out, root: os.Geteuid() == 0 && !o.plainDirs, extraArgs: agentArgs}
 	if err := s.tell(ctx); err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintln(out, "\ninterrupted")
 		} else {
-			fmt.Fprintf(out, "\nthe story failed: %v\nagent logs: %s\n", err, filepath.Join(work, "logs"))
+			fmt.Fprintf(out, "\nthe story failed: %v\nagent and controller logs: %s\n", err, filepath.Join(work, "logs"))
 			code = 1
 		}
 	} else {
 		fmt.Fprintf(out, "\nready after %s (start to the end of the story)\n", since(started))
 		if !o.exit {
 			s.instructions()
+			s.chron.live()
 			<-ctx.Done()
 			fmt.Fprintln(out)
 		}
 	}
 
 	fmt.Fprintln(out, "tearing down …")
+	s.closeTiDB()
 	adoptStrayMounts(out, env, work, s.mounted)
-	if !verify(out, work, env.Close) {
+	if !verify(out, work, env.Close, s.pdLeftover()...) {
 		code = 1
-	} else if owned {
+	}
+	switch {
+	case !owned:
+	case code != 0:
+		// The logs are what explains a failure: keep them.
+		fmt.Fprintf(out, "keeping %s for its logs\n", work)
+	default:
 		if err := os.RemoveAll(work); err != nil {
 			fmt.Fprintf(out, "remove %s: %v\n", work, err)
 		}
@@ -179,8 +192,9 @@ func adoptStrayMounts(out io.Writer, env *sim.Env, work string, tracked map[stri
 }
 
 // verify runs closeEnv (if any), then checks independently that no mount,
-// loop device or process of the work dir is left, and says so.
-func verify(out io.Writer, work string, closeEnv func() error) bool {
+// loop device or process of the work dir is left, and says so. others are
+// leftovers found otherwise (a PD simulator still listening).
+func verify(out io.Writer, work string, closeEnv func() error, others ...string) bool {
 	ok := true
 	if closeEnv != nil {
 		if err := closeEnv(); err != nil {
@@ -194,19 +208,31 @@ func verify(out io.Writer, work string, closeEnv func() error) bool {
 		fmt.Fprintf(out, "could not check for leftovers: %v\n", err)
 		return false
 	}
-	fmt.Fprintf(out, "leftovers: %d processes, %d mounts, %d loop devices", len(procs), len(mounts), len(loops))
-	if len(procs)+len(mounts)+len(loops) == 0 {
+	fmt.Fprintf(out, "leftovers: %d processes, %d mounts, %d loop devices, %d listeners", len(procs), len(mounts), len(loops), len(others))
+	if len(procs)+len(mounts)+len(loops)+len(others) == 0 {
 		fmt.Fprintln(out, " — nothing left behind")
 		return ok
 	}
 	fmt.Fprintln(out)
-	for _, l := range append(append(procs, mounts...), loops...) {
+	for _, l := range slices.Concat(procs, mounts, loops, others) {
 		fmt.Fprintf(out, "  left: %s\n", l)
 	}
 	return false
 }
 
 func since(t time.Time) time.Duration { return time.Since(t).Round(100 * time.Millisecond) }
+
+// syncWriter serializes writes: each Write (one Fprintf) lands whole.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
+}
 
 // prefixWriter indents another writer's lines.
 type prefixWriter struct {

@@ -15,26 +15,42 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/tidb-localpv/tidb-localpv/discovery"
+	"github.com/tidb-localpv/tidb-localpv/e2e/cluster"
 	"github.com/tidb-localpv/tidb-localpv/e2e/sim"
 	"github.com/tidb-localpv/tidb-localpv/provisioner"
+	"github.com/tidb-localpv/tidb-localpv/volumecontroller/pd"
 )
 
-var nodeNames = []string{"node-a", "node-b", "node-c"}
-
 const (
+	// nodeCount nodes of disksPerNode disks: room for 4 TiKV pods and for
+	// one of them to move when its node dies.
+	nodeCount    = 4
 	disksPerNode = 2
 	stsName      = "demo"
 	replicas     = 3
 	stepTimeout  = 90 * time.Second
 )
 
-// story is the narrated run: publish → bind → release → wipe → republish.
+// nodeName names the i-th node: node-a, node-b, …
+func nodeName(i int) string { return fmt.Sprintf("node-%c", 'a'+i) }
+
+// story is the narrated run: publish → bind → release → wipe → republish,
+// then the volume-controller's chapters: own → scale-in → node death.
 type story struct {
-	env   *sim.Env
-	out   io.Writer
-	root  bool // real tmpfs disks; otherwise plain directories
-	nodes []*sim.Node
-	sts   *appsv1.StatefulSet
+	env       *sim.Env
+	out       io.Writer
+	root      bool     // real tmpfs disks; otherwise plain directories
+	extraArgs []string // for the controller (-v)
+	nodes     []*sim.Node
+	sts       *appsv1.StatefulSet
+
+	// the controller chapters
+	pd         *sim.PD
+	pdClosed   bool
+	pdc        *pd.Client
+	controller *cluster.Process
+	chron      *chronicle
+	dead       string // the node that died
 
 	// the disk that goes round the cycle
 	mounted  map[string]bool // tmpfs disks the harness made (and unmounts)
@@ -54,6 +70,9 @@ func (s *story) tell(ctx context.Context) error {
 		{"release — scale TiKV to 2 and delete the freed claim", s.release},
 		{"wipe — the agent empties the released disk", s.wipe},
 		{"republish — the same disk comes back as a new PV", s.republish},
+		{"own — PD and the volume-controller join; every disk learns its TiKV store", s.own},
+		{"scale-in — a store is buried in PD; its disk is released, wiped, Available", s.scaleIn},
+		{"node death — a node with a TiKV pod is lost; the pod starts over elsewhere", s.nodeDeath},
 	} {
 		s.banner(step.title)
 		if err := step.run(ctx); err != nil {
@@ -64,8 +83,8 @@ func (s *story) tell(ctx context.Context) error {
 }
 
 func (s *story) publish(ctx context.Context) error {
-	for _, name := range nodeNames {
-		n, err := s.env.AddNode(ctx, name)
+	for i := range nodeCount {
+		n, err := s.env.AddNode(ctx, nodeName(i))
 		if err != nil {
 			return err
 		}
@@ -79,7 +98,7 @@ func (s *story) publish(ctx context.Context) error {
 			return err
 		}
 	}
-	s.say("3 kwok nodes, each running the real agent binary with the DaemonSet's arguments (logs: %s)", filepath.Join(s.env.WorkDir(), "logs"))
+	s.say("%d kwok nodes, each running the real agent binary with the DaemonSet's arguments (logs: %s)", nodeCount, filepath.Join(s.env.WorkDir(), "logs"))
 	began := time.Now()
 	var err error
 	if s.root {
@@ -112,10 +131,23 @@ func (s *story) publish(ctx context.Context) error {
 
 func (s *story) bind(ctx context.Context) error {
 	s.sts = sim.TiKVStatefulSet(stsName, replicas)
+	// One TiKV per node where possible, as TiDB deployments usually ask:
+	// losing a node then loses one store, which is what the node-death
+	// chapter shows.
+	s.sts.Spec.Template.Spec.Affinity = &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
+		PreferredDuringSchedulingIgnoredDuringExecution: []corev1.WeightedPodAffinityTerm{{
+			Weight: 100,
+			PodAffinityTerm: corev1.PodAffinityTerm{
+				TopologyKey:   corev1.LabelHostname,
+				LabelSelector: &metav1.LabelSelector{MatchLabels: s.sts.Spec.Selector.MatchLabels},
+			},
+		}},
+	}}
 	if _, err := s.env.Cluster.Client.AppsV1().StatefulSets("default").Create(ctx, s.sts, metav1.CreateOptions{}); err != nil {
 		return err
 	}
-	s.say("created StatefulSet %s (%d replicas, volumeClaimTemplate \"tikv\", StorageClass tikv-ssd, WaitForFirstConsumer)", s.sts.Name, replicas)
+	s.say("created StatefulSet %s (%d replicas, volumeClaimTemplate \"tikv\", StorageClass tikv-ssd, WaitForFirstConsumer,", s.sts.Name, replicas)
+	s.say("preferably one pod per node)")
 	began := time.Now()
 	c := s.env.Cluster.Client.CoreV1()
 	err := s.waitFor(ctx, "3 pods Running on Bound claims", func() (bool, error) {
@@ -192,7 +224,7 @@ func (s *story) release(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	s.say("deleted claim %s (what the volume-controller does once the store is Tombstone)", s.claim.Name)
+	s.say("deleted claim %s by hand (the volume-controller, not running yet, does it once the store is Tombstone)", s.claim.Name)
 	if err := s.waitFor(ctx, "PV "+s.victim.Name+" to be released", func() (bool, error) {
 		return tl.seen(s.victim.UID, corev1.VolumeReleased), nil
 	}); err != nil {
@@ -254,22 +286,35 @@ func (s *story) republish(ctx context.Context) error {
 
 func (s *story) instructions() {
 	kc := s.env.Cluster.AdminKubeconfig
+	live := s.nodes[0]
+	for _, n := range s.nodes {
+		if n.Name != s.dead {
+			live = n
+		}
+	}
 	s.say("")
 	s.say("The cluster stays up. Point kubectl at it:")
 	s.say("  export KUBECONFIG=%s", kc)
 	s.say("  kubectl get nodes")
-	s.say("  kubectl get pv -l tidb-localpv.io/node=node-a")
+	s.say("  kubectl get pv -l tidb-localpv.io/node=%s", live.Name)
 	s.say("  kubectl get pods,pvc -o wide")
-	s.say("  kubectl scale statefulset %s --replicas=3", s.sts.Name)
-	s.say("  kubectl describe cm -n %s %s", sim.Namespace, sim.InventoryName)
+	s.say("  kubectl get events --field-selector involvedObject.kind=PersistentVolume")
 	s.say("  %s disks --kubeconfig %s", s.env.Binary, kc)
+	s.say("Scale TiKV in as TiDB Operator does — offline the last store, then shrink the StatefulSet:")
+	s.say("  curl -s %s/pd/api/v1/stores", s.pd.URL)
+	s.say("  curl -X DELETE %s/pd/api/v1/store/<id of %s>", s.pd.URL, s.podName(tikvReplicas-1))
+	s.say("  kubectl scale statefulset %s --replicas=%d", s.sts.Name, tikvReplicas-1)
+	s.say("or shrink it without offlining and delete the claim by hand: the disk keeps its data")
+	s.say("(ReleaseRefused) while PD still has the store:")
+	s.say("  kubectl scale statefulset %s --replicas=%d", s.sts.Name, tikvReplicas-1)
+	s.say("  kubectl delete pvc %s", sim.ClaimName("tikv", s.sts.Name, tikvReplicas-1))
 	if s.root {
-		dir := filepath.Join(s.nodes[2].ClassDir("tikv-ssd"), "disk9")
-		s.say("Add a disk to node-c and watch it appear:")
+		dir := filepath.Join(live.ClassDir("tikv-ssd"), "disk9")
+		s.say("Add a disk to %s and watch it appear:", live.Name)
 		s.say("  mkdir -p %s && mount -t tmpfs -o size=64m tmpfs %s", dir, dir)
 	}
-	s.say("Agent logs: %s", filepath.Join(s.env.WorkDir(), "logs", "agent-node-*.log"))
-	s.say("Press Ctrl-C to tear everything down.")
+	s.say("Logs: %s (agents, %s)", filepath.Join(s.env.WorkDir(), "logs"), controllerName)
+	s.say("What happens keeps being printed below. Press Ctrl-C to tear everything down.")
 }
 
 func (s *story) banner(title string) {
@@ -287,7 +332,10 @@ func (s *story) table(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.say("\n$ tidb-localpv disks --kubeconfig %s", s.env.Cluster.AdminKubeconfig)
-	fmt.Fprint(s.out, tbl)
+	// One write: the chronicle's lines may come between two, not inside.
+	fmt.Fprintf(s.out, "\n$ tidb-localpv disks --kubeconfig %s\n%s", s.env.Cluster.AdminKubeconfig, tbl)
 	return nil
 }
+
+// line prints one whole line (the chronicle's).
+func (s *story) line(l string) { fmt.Fprintln(s.out, l) }
