@@ -219,7 +219,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer a.queue.ShutDown()
 	log := klog.FromContext(ctx)
 
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	// Not cancelled with ctx, so events of the shutdown still go out.
+	broadcaster := record.NewBroadcaster(record.WithContext(context.WithoutCancel(ctx)))
 	broadcaster.StartStructuredLogging(4)
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.deps.Client.CoreV1().Events("")})
 	defer broadcaster.Shutdown()

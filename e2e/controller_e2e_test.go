@@ -313,6 +313,11 @@ func deadNode(t *testing.T, pdOutage bool) {
 	newStore := te.waitOwnerRecorded(ctx, t, sts, 1)
 	require.NotEqual(t, store, storeIDOf(t, newStore), "a fresh disk means a new store")
 
+	released, err := eventsFor(ctx, te.env, "", pv.UID, "DiskReleased")
+	require.NoError(t, err)
+	require.Len(t, released, 1, "the claim is released once")
+	require.Equal(t, int32(1), released[0].Count)
+
 	// The dead node's released PV object is gone.
 	require.Eventually(t, func() bool {
 		_, err := te.env.Cluster.Client.CoreV1().PersistentVolumes().Get(ctx, pv.Name, metav1.GetOptions{})

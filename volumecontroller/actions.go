@@ -34,6 +34,11 @@ const (
 // next sync decides again from the new state.
 var errRecheck = errors.New("state changed since the decision")
 
+// errDone means the fresh read shows the action already happened (by us a
+// moment ago from a cache that had not caught up, or by TiDB Operator): not
+// a refusal, nothing to report.
+var errDone = errors.New("already done")
+
 func (c *Controller) act(ctx context.Context, d Decision, t target) error {
 	if d.Warn {
 		c.warn(t, d)
@@ -55,6 +60,10 @@ func (c *Controller) act(ctx context.Context, d Decision, t target) error {
 		err = c.approve(ctx, d, t)
 	case ActDeletePV:
 		err = c.deletePV(ctx, d, t)
+	}
+	if errors.Is(err, errDone) {
+		klog.FromContext(ctx).V(2).Info("already done", "pv", t.pv.Name, "action", d.Action.String(), "detail", err.Error())
+		return nil
 	}
 	if errors.Is(err, errRecheck) {
 		klog.FromContext(ctx).Info("decision no longer holds after a fresh read; not acting", "pv", t.pv.Name, "action", d.Action.String(), "reason", err.Error())
@@ -97,7 +106,7 @@ func nodeRef(name string) *corev1.ObjectReference {
 func (c *Controller) freshPV(ctx context.Context, seen *corev1.PersistentVolume) (*corev1.PersistentVolume, error) {
 	pv, err := c.client.CoreV1().PersistentVolumes().Get(ctx, seen.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return nil, fmt.Errorf("%w: PV %s is gone", errRecheck, seen.Name)
+		return nil, fmt.Errorf("%w: PV %s is gone", errDone, seen.Name)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("re-read PV %s: %w", seen.Name, err)
@@ -110,7 +119,7 @@ func (c *Controller) freshPV(ctx context.Context, seen *corev1.PersistentVolume)
 	case claimUID(pv) != claimUID(seen):
 		return nil, fmt.Errorf("%w: PV %s now belongs to another claim", errRecheck, seen.Name)
 	case pv.DeletionTimestamp != nil:
-		return nil, fmt.Errorf("%w: PV %s is being deleted", errRecheck, seen.Name)
+		return nil, fmt.Errorf("%w: PV %s is being deleted", errDone, seen.Name)
 	}
 	return pv, nil
 }
@@ -212,13 +221,33 @@ func (c *Controller) release(ctx context.Context, d Decision, t target) error {
 	}
 	pvc, err := c.client.CoreV1().PersistentVolumeClaims(t.pvc.Namespace).Get(ctx, t.pvc.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return fmt.Errorf("%w: claim is gone (someone else released it)", errRecheck)
+		return fmt.Errorf("%w: claim is gone", errDone)
 	}
 	if err != nil {
 		return fmt.Errorf("re-read claim: %w", err)
 	}
 	if pvc.UID != t.pvc.UID {
 		return fmt.Errorf("%w: claim %s was recreated (UID %s, decided on %s)", errRecheck, pvc.Name, pvc.UID, t.pvc.UID)
+	}
+	if pvc.DeletionTimestamp != nil {
+		// Released already (pvc-protection keeps it while a pod holds it).
+		// What may remain is the stuck pod that holds it — one older than
+		// the deletion; a younger one is the StatefulSet's replacement,
+		// waiting for the claim to go.
+		if d.Action != ActReleaseWithPod || t.pod == nil || !t.pod.CreationTimestamp.Before(pvc.DeletionTimestamp) {
+			return fmt.Errorf("%w: claim %s is already being deleted", errDone, pvc.Name)
+		}
+		if f := c.freshFacts(ctx, t); !ownerGone(t.component, f) {
+			return fmt.Errorf("%w: %s is no longer gone in PD (%s)", errRecheck, t.ownerName(), ownerState(f))
+		}
+		pod, err := c.checkMounters(ctx, d, t)
+		if err != nil || pod == nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return c.deleteStuckPod(ctx, pod, d, t)
 	}
 	if f := c.freshFacts(ctx, t); !ownerGone(t.component, f) {
 		return fmt.Errorf("%w: %s is no longer gone in PD (%s)", errRecheck, t.ownerName(), ownerState(f))

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -534,4 +535,82 @@ func TestSync_DeadNodesFreePVIsDeletedUnlessTheNodeComesBackBeforeTheAction(t *t
 			require.NotNil(t, pre.ResourceVersion)
 		})
 	}
+}
+
+// markClaimDeleting makes the claim look as it does right after a release:
+// deleted, held by the pvc-protection finalizer.
+func (w *world) markClaimDeleting(at time.Time) {
+	pvc, err := w.client.CoreV1().PersistentVolumeClaims(ns).Get(w.ctx, pvcName, metav1.GetOptions{})
+	require.NoError(w.t, err)
+	pvc.DeletionTimestamp = ptr.To(metav1.NewTime(at))
+	pvc.Finalizers = []string{"kubernetes.io/pvc-protection"}
+	_, err = w.client.CoreV1().PersistentVolumeClaims(ns).Update(w.ctx, pvc, metav1.UpdateOptions{})
+	require.NoError(w.t, err)
+}
+
+func TestSync_AClaimAlreadyBeingDeletedIsNotReleasedTwice(t *testing.T) {
+	w := newWorld(t, tikvObjects(true)...)
+	w.recordOwner()
+	w.removePod()
+	w.pd.set(7, "Tombstone")
+	w.markClaimDeleting(w.clock.Now())
+	before := w.c.metrics.refusals.WithLabelValues("recheck")
+	require.NoError(t, w.sync())
+	require.Empty(t, w.claimDeletes(), "the claim was released already")
+	require.NotContains(t, w.events(), ReasonReleased)
+	require.Zero(t, testutilValue(before), "an action already done is not a refusal")
+}
+
+func TestSync_ReleasedClaimOnADeadNode_DeletesOnlyThePodThatHoldsIt(t *testing.T) {
+	for _, c := range []struct {
+		name       string
+		podIsOlder bool
+	}{{"the stuck pod that holds the claim is deleted", true}, {"the StatefulSet's replacement is left alone", false}} {
+		t.Run(c.name, func(t *testing.T) {
+			w := newWorld(t, tikvObjects(true)...)
+			w.recordOwner()
+			require.NoError(t, w.client.CoreV1().Nodes().Delete(w.ctx, "node-a", metav1.DeleteOptions{}))
+			require.Eventually(t, func() bool { _, err := w.c.nodeLister.Get("node-a"); return err != nil }, 5*time.Second, time.Millisecond)
+			require.NoError(t, w.sync())
+			w.clock.Step(2 * time.Minute)
+			w.pd.set(7, "Tombstone")
+			// TiDB Operator (or an earlier pass) deleted the claim; the pod was
+			// created before (it holds the claim) or after (a replacement).
+			deletedAt := time.Now().Add(-time.Minute)
+			pod, err := w.client.CoreV1().Pods(ns).Get(w.ctx, podN, metav1.GetOptions{})
+			require.NoError(t, err)
+			pod.CreationTimestamp = metav1.NewTime(deletedAt.Add(-time.Minute))
+			if !c.podIsOlder {
+				pod.CreationTimestamp = metav1.NewTime(deletedAt.Add(30 * time.Second))
+			}
+			_, err = w.client.CoreV1().Pods(ns).Update(w.ctx, pod, metav1.UpdateOptions{})
+			require.NoError(t, err)
+			require.Eventually(t, func() bool {
+				p, err := w.c.podLister.Pods(ns).Get(podN)
+				return err == nil && p.CreationTimestamp.Equal(&pod.CreationTimestamp)
+			}, 5*time.Second, time.Millisecond)
+			w.markClaimDeleting(deletedAt)
+			require.NoError(t, w.sync())
+			require.Empty(t, w.claimDeletes())
+			var podDeletes int
+			for _, a := range w.client.Actions() {
+				if a.GetVerb() == "delete" && a.GetResource().Resource == "pods" {
+					podDeletes++
+				}
+			}
+			if c.podIsOlder {
+				require.Equal(t, 1, podDeletes)
+			} else {
+				require.Zero(t, podDeletes)
+			}
+		})
+	}
+}
+
+func testutilValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetCounter().GetValue()
 }

@@ -276,6 +276,13 @@ func (c *Controller) writeOwnership(ctx context.Context, pv *corev1.PersistentVo
 		return fmt.Errorf("record owner on PV %s: %w", pv.Name, err)
 	}
 	klog.FromContext(ctx).V(2).Info("recorded owner", "pv", pv.Name, "component", r.component, "pod", r.pod, "store", r.store, "member", r.member, "state", r.state)
+	if r.claim != "" && pv.Annotations[provisioner.AnnOwnerClaim] != r.claim {
+		owner := "PD member " + r.member
+		if r.store != 0 {
+			owner = fmt.Sprintf("TiKV store %d", r.store)
+		}
+		c.recorder.Event(pv, corev1.EventTypeNormal, ReasonOwnerRecorded, fmt.Sprintf("disk belongs to %s (pod %s, cluster %s)", owner, r.pod, r.cluster))
+	}
 	return nil
 }
 

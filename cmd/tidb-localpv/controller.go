@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strings"
@@ -127,7 +128,9 @@ func runController(cmd *cobra.Command, o *controllerOptions) error {
 	id += "_" + string(uuid.NewUUID())
 	ctx := klog.NewContext(cmd.Context(), klog.Background().WithValues("identity", id))
 
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	// Not cancelled with ctx: the events of the shutdown itself (the lease
+	// released) must still go out; Shutdown below flushes them.
+	broadcaster := record.NewBroadcaster(record.WithContext(context.WithoutCancel(ctx)))
 	broadcaster.StartStructuredLogging(4)
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	defer broadcaster.Shutdown()
