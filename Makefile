@@ -16,7 +16,7 @@ FUZZTIME  ?= 30s
 E2E_TIMEOUT ?= 60m
 export TIDB_LOCALPV_CACHE := $(CACHE)
 
-.PHONY: all build test unit fuzz e2e e2e-prepare bench demo lint clean help
+.PHONY: all build test unit fuzz e2e e2e-prepare bench demo demo-smoke lint clean help
 
 all: build
 
@@ -26,7 +26,7 @@ help:
 build: ## build bin/tidb-localpv
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN)/tidb-localpv ./cmd/tidb-localpv
 
-test: lint unit fuzz e2e ## the full suite (run as root to include the real-disk tests; CI=1 makes skipped root tests fail)
+test: lint unit fuzz e2e demo-smoke ## the full suite (run as root to include the real-disk tests; CI=1 makes skipped root tests fail)
 	@echo "make test: all passed"
 
 unit: ## unit and root-only tests, with the race detector
@@ -49,6 +49,9 @@ e2e: e2e-prepare ## the scenarios on a real control plane
 bench: e2e-prepare ## benchmarks that print figures (wipe time, mount→PV, Tombstone→Available, controller resync)
 	$(GO) test -run='^$$' -bench=. -benchtime=3x -benchmem ./provisioner/ ./daemon/ ./volumecontroller/...
 	$(GO) test -tags e2e -run='^$$' -bench=. -benchtime=5x -timeout $(E2E_TIMEOUT) ./e2e/
+
+demo-smoke: e2e-prepare ## the playground's whole story, then exit (keeps make demo working)
+	$(GO) run ./e2e/playground -exit
 
 demo: e2e-prepare ## the playground: ready in under a minute on a warm cache; Ctrl-C tears it down
 	$(GO) run ./e2e/playground
