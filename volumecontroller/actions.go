@@ -144,10 +144,6 @@ func (c *Controller) freshFacts(ctx context.Context, t target) OwnerFacts {
 	return freshStoreFacts(ctx, client, t.storeID)
 }
 
-func ownerGone(component string, f OwnerFacts) bool {
-	return f.Known && (f.Removed || (component == ComponentTiKV && f.Phase == pd.PhaseTombstone))
-}
-
 // freshNodeDead re-reads the node from the API server.
 func (c *Controller) freshNodeDead(ctx context.Context, name string) (bool, error) {
 	node, err := c.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})

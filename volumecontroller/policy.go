@@ -137,8 +137,7 @@ func (p Policy) DecideBound(in Input) Decision {
 		return Decision{Action: ActNone, Warn: dead || in.Facts.Err != nil, Refusal: "pd-unknown",
 			Reason: fmt.Sprintf("state of %s is unknown (%v); no destructive action while PD cannot be asked", in.Owner, in.Facts.Err)}
 	}
-	gone := in.Facts.Removed || (in.Component == ComponentTiKV && in.Facts.Phase == pd.PhaseTombstone)
-	if gone {
+	if ownerGone(in.Component, in.Facts) {
 		what := fmt.Sprintf("%s is %s", in.Owner, ownerGoneWord(in))
 		switch {
 		case !in.Pod.Exists:
@@ -180,6 +179,13 @@ func (p Policy) DecideBound(in Input) Decision {
 	}
 }
 
+// ownerGone is the one rule for "the owner's data is no longer needed": PD
+// answered, and the store is buried (or no longer listed) or the member was
+// removed. The policy decides with it and the actions re-check with it.
+func ownerGone(component string, f OwnerFacts) bool {
+	return f.Known && (f.Removed || (component == ComponentTiKV && f.Phase == pd.PhaseTombstone))
+}
+
 func ownerGoneWord(in Input) string {
 	switch {
 	case in.Component == ComponentPD:
@@ -197,8 +203,7 @@ func ownerGoneWord(in Input) string {
 func (p Policy) DecideReleased(owned, approved bool, owner string, facts OwnerFacts, component string, node NodeFacts) Decision {
 	dead, why := p.nodeDead(node)
 	if owned && !approved {
-		gone := facts.Known && (facts.Removed || (component == ComponentTiKV && facts.Phase == pd.PhaseTombstone))
-		if !gone {
+		if !ownerGone(component, facts) {
 			state := "unknown"
 			if facts.Known {
 				state = facts.Phase.String()

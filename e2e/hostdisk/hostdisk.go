@@ -125,15 +125,11 @@ func DetachLoop(dev string) error {
 
 // Mkfs formats dev; extra arguments go before the device.
 func Mkfs(dev, fsType string, extra ...string) error {
-	args := append([]string{"-q"}, extra...)
-	if fsType == "ext4" {
-		args = append(args, "-F")
-	}
-	args = append(args, dev)
+	force := "-F" // mkfs.ext4: no questions about an existing filesystem
 	if fsType == "xfs" {
-		args = append([]string{"-f"}, extra...)
-		args = append(args, dev)
+		force = "-f"
 	}
+	args := append(append([]string{"-q", force}, extra...), dev)
 	out, err := exec.Command("mkfs."+fsType, args...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("mkfs.%s %s: %w: %s", fsType, dev, err, strings.TrimSpace(string(out)))
