@@ -13,8 +13,6 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/tidb-localpv/tidb-localpv/discovery"
 )
 
 // Host tracks what it made so Close can undo it, newest first.
@@ -143,13 +141,14 @@ func Mkfs(dev, fsType string, extra ...string) error {
 // root: after a test or a playground run there must be none.
 func Leftovers(root string) (mounts, loops []string, err error) {
 	root = filepath.Clean(root)
-	ms, err := (discovery.ProcMountTable{}).Mounts()
+	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return nil, nil, err
 	}
-	for _, m := range ms {
-		if m.MountPoint == root || strings.HasPrefix(m.MountPoint, root+"/") {
-			mounts = append(mounts, m.MountPoint)
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && (f[4] == root || strings.HasPrefix(f[4], root+"/")) {
+			mounts = append(mounts, f[4])
 		}
 	}
 	entries, _ := filepath.Glob("/sys/class/block/loop*/loop/backing_file")
@@ -167,14 +166,17 @@ func Leftovers(root string) (mounts, loops []string, err error) {
 }
 
 func mountsOf(dev string) []string {
-	ms, err := (discovery.ProcMountTable{}).Mounts()
+	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return nil
 	}
 	var out []string
-	for _, m := range ms {
-		if m.Source == dev {
-			out = append(out, m.MountPoint)
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		for i, x := range f {
+			if x == "-" && i+2 < len(f) && f[i+2] == dev {
+				out = append(out, f[4])
+			}
 		}
 	}
 	return out
