@@ -138,7 +138,9 @@ func Mkfs(dev, fsType string, extra ...string) error {
 }
 
 // Leftovers lists mounts below root and loop devices backed by files below
-// root: after a test or a playground run there must be none.
+// root: after a test or a playground run there must be none. It reads
+// mountinfo itself rather than through discovery, whose own tests use this
+// package (the import would be a cycle).
 func Leftovers(root string) (mounts, loops []string, err error) {
 	root = filepath.Clean(root)
 	data, err := os.ReadFile("/proc/self/mountinfo")
