@@ -26,6 +26,8 @@ const CacheEnv = "TIDB_LOCALPV_CACHE"
 // Binaries holds absolute paths to the control-plane executables.
 type Binaries struct {
 	Etcd, APIServer, ControllerManager, Scheduler, Kwok string
+	// Kubelet runs the real nodes.
+	Kubelet string
 }
 
 // BuildOptions selects component versions and where built binaries are cached.
@@ -80,6 +82,7 @@ func binariesIn(o BuildOptions) Binaries {
 		APIServer:         filepath.Join(kubeDir, "kube-apiserver"),
 		ControllerManager: filepath.Join(kubeDir, "kube-controller-manager"),
 		Scheduler:         filepath.Join(kubeDir, "kube-scheduler"),
+		Kubelet:           filepath.Join(kubeDir, "kubelet"),
 		Kwok:              filepath.Join(o.CacheDir, "kwok", o.KwokVersion, "kwok"),
 	}
 }
@@ -104,7 +107,7 @@ func EnsureBinaries(ctx context.Context, opts BuildOptions) (Binaries, error) {
 	components := []component{
 		{"etcd " + opts.EtcdVersion, []string{bins.Etcd}, (*builder).buildEtcd},
 		{"kwok " + opts.KwokVersion, []string{bins.Kwok}, (*builder).buildKwok},
-		{"kube " + opts.KubeVersion, []string{bins.APIServer, bins.ControllerManager, bins.Scheduler}, (*builder).buildKube},
+		{"kube " + opts.KubeVersion, []string{bins.APIServer, bins.ControllerManager, bins.Scheduler, bins.Kubelet}, (*builder).buildKube},
 	}
 
 	// The common case, a warm cache, needs no lock: binaries only ever

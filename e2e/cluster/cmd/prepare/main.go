@@ -38,6 +38,7 @@ func main() {
 	fmt.Printf("kube-apiserver:          %s\n", bins.APIServer)
 	fmt.Printf("kube-controller-manager: %s\n", bins.ControllerManager)
 	fmt.Printf("kube-scheduler:          %s\n", bins.Scheduler)
+	fmt.Printf("kubelet:                 %s\n", bins.Kubelet)
 	fmt.Printf("kwok:                    %s\n", bins.Kwok)
 	fmt.Printf("ready in %s\n", time.Since(start).Round(time.Millisecond))
 }
