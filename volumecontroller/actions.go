@@ -28,6 +28,7 @@ const (
 	ReasonReleaseApproved = "ReleaseApproved"
 	ReasonRefused         = "ReleaseRefused"
 	ReasonRecheckFailed   = "RecheckChangedDecision"
+	ReasonReclaimDelete   = "ReclaimPolicyDelete"
 )
 
 // errRecheck means the fresh re-read no longer supports the decision; the
@@ -38,6 +39,19 @@ var errRecheck = errors.New("state changed since the decision")
 // moment ago from a cache that had not caught up, or by TiDB Operator): not
 // a refusal, nothing to report.
 var errDone = errors.New("already done")
+
+// errNotYet means the action cannot happen yet and nothing is wrong (a
+// claim whose pod has not started): no refusal, the next poll looks again.
+var errNotYet = errors.New("not yet")
+
+// refusal is a fresh re-check that found a reason never to act as decided
+// while it lasts: it is reported like a policy refusal (Warning event,
+// refusals metric), not just logged.
+type refusal struct {
+	kind, reason string
+}
+
+func (r *refusal) Error() string { return r.reason }
 
 func (c *Controller) act(ctx context.Context, d Decision, t target) error {
 	if d.Warn {
@@ -60,6 +74,17 @@ func (c *Controller) act(ctx context.Context, d Decision, t target) error {
 		err = c.approve(ctx, d, t)
 	case ActDeletePV:
 		err = c.deletePV(ctx, d, t)
+	case ActReclaimDelete:
+		err = c.reclaimDelete(ctx, d, t)
+	}
+	var ref *refusal
+	if errors.As(err, &ref) {
+		c.warn(t, Decision{Action: ActNone, Warn: true, Refusal: ref.kind, Reason: ref.reason})
+		c.queue.AddAfter(t.pv.Name, c.cfg.PollInterval)
+		return nil
+	}
+	if errors.Is(err, errNotYet) {
+		return nil
 	}
 	if errors.Is(err, errDone) {
 		klog.FromContext(ctx).V(2).Info("already done", "pv", t.pv.Name, "action", d.Action.String(), "detail", err.Error())
@@ -131,17 +156,71 @@ func claimUID(pv *corev1.PersistentVolume) types.UID {
 	return pv.Spec.ClaimRef.UID
 }
 
-// freshFacts asks PD directly (never the cache) about the owner.
-func (c *Controller) freshFacts(ctx context.Context, t target) OwnerFacts {
+// freshRecord reads the ownership record of a freshly read PV and checks
+// it still names the owner decided on.
+func freshRecord(pv *corev1.PersistentVolume, t target) (provisioner.Ownership, error) {
+	rec, _ := provisioner.OwnershipOf(pv)
+	if !provisioner.Owned(pv) || rec.StoreID != t.rec.StoreID || rec.Member != t.rec.Member || rec.ClusterID != t.rec.ClusterID {
+		return rec, fmt.Errorf("%w: PV %s no longer records %s for its claim", errRecheck, pv.Name, t.ownerName())
+	}
+	return rec, nil
+}
+
+// recheckGone asks PD directly (never the cache) whether the owner's data
+// is still needed, and refuses while a live store other than the owner
+// advertises the owner pod's address without another disk to hold its
+// data: that store may keep its data on this disk.
+func (c *Controller) recheckGone(ctx context.Context, t target, rec provisioner.Ownership) error {
 	client, err := c.pd.client(t.endpoint)
 	if err != nil {
-		return OwnerFacts{Err: err}
+		return err
 	}
 	defer c.pd.invalidate(t.endpoint)
 	if t.component == ComponentPD {
-		return freshMemberFacts(ctx, client, t.member)
+		if f := freshMemberFacts(ctx, client, rec); !ownerGone(t.component, f) {
+			return fmt.Errorf("%w: %s is no longer gone in PD (%s)", errRecheck, rec.Owner(), ownerState(f))
+		}
+		return nil
 	}
-	return freshStoreFacts(ctx, client, t.storeID)
+	f, stores := freshStoreFacts(ctx, client, rec)
+	if !ownerGone(t.component, f) {
+		return fmt.Errorf("%w: %s is no longer gone in PD (%s)", errRecheck, rec.Owner(), ownerState(f))
+	}
+	o := recordedOwner(rec)
+	for _, s := range stores.byPod[o.Pod] {
+		if s.ID == rec.StoreID || !addressNames(s.Address, o) || s.Phase() == pd.PhaseTombstone {
+			continue
+		}
+		elsewhere, err := c.storeRecordedElsewhere(ctx, s.ID, stores.clusterID, t.pv.Name)
+		if err != nil {
+			return err
+		}
+		if !elsewhere {
+			return &refusal{kind: "live-store-at-address", reason: fmt.Sprintf(
+				"%s is gone, but store %d (%s) advertises the address of its pod %s and no other disk is recorded as its: its data may be on this disk, which is not released; check `pd-ctl store %d`",
+				rec.Owner(), s.ID, s.Phase(), o.Pod, s.ID)}
+		}
+	}
+	return nil
+}
+
+// storeRecordedElsewhere reports whether another of our PVs (read fresh)
+// records the store as its owner: then its data is on that disk.
+func (c *Controller) storeRecordedElsewhere(ctx context.Context, id, cluster uint64, except string) (bool, error) {
+	list, err := c.client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{LabelSelector: provisioner.LabelDisk})
+	if err != nil {
+		return false, fmt.Errorf("list PVs: %w", err)
+	}
+	for i := range list.Items {
+		pv := &list.Items[i]
+		if pv.Name == except {
+			continue
+		}
+		if rec, ok := provisioner.OwnershipOf(pv); ok && rec.StoreID == id && rec.ClusterID == cluster {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // freshNodeDead re-reads the node from the API server.
@@ -163,8 +242,17 @@ func (c *Controller) freshNodeDead(ctx context.Context, name string) (bool, erro
 }
 
 // offline asks PD to move the data of a store on a dead node elsewhere.
+// It never forces: a store PD cannot drain stays Offline and is reported.
 func (c *Controller) offline(ctx context.Context, d Decision, t target) error {
-	log := klog.FromContext(ctx).WithValues("pv", t.pv.Name, "store", t.storeID)
+	id := t.rec.StoreID
+	log := klog.FromContext(ctx).WithValues("pv", t.pv.Name, "store", id)
+	pv, err := c.freshPV(ctx, t.pv)
+	if err != nil {
+		return err
+	}
+	if _, err := freshRecord(pv, t); err != nil {
+		return err
+	}
 	if dead, err := c.freshNodeDead(ctx, t.pv.Labels[provisioner.LabelNode]); err != nil || !dead {
 		return errors.Join(err, fmt.Errorf("%w: node is back", errRecheck))
 	}
@@ -172,35 +260,42 @@ func (c *Controller) offline(ctx context.Context, d Decision, t target) error {
 	if err != nil {
 		return err
 	}
-	s, err := client.Store(ctx, t.storeID)
+	cluster, err := client.ClusterID(ctx)
 	if err != nil {
-		return fmt.Errorf("re-read store %d: %w", t.storeID, err)
+		return fmt.Errorf("re-read PD cluster ID: %w", err)
+	}
+	if cluster != t.rec.ClusterID {
+		return fmt.Errorf("%w: PD answers for cluster %d, store %d was recorded in cluster %d", errRecheck, cluster, id, t.rec.ClusterID)
+	}
+	s, err := client.Store(ctx, id)
+	if err != nil {
+		return fmt.Errorf("re-read store %d: %w", id, err)
 	}
 	if ph := s.Phase(); ph != pd.PhaseDisconnected && ph != pd.PhaseDown {
-		return fmt.Errorf("%w: store %d is now %s", errRecheck, t.storeID, ph)
+		return fmt.Errorf("%w: store %d is now %s", errRecheck, id, ph)
 	}
 	if err := ctx.Err(); err != nil {
 		return err // lease lost: act no further
 	}
-	err = client.DeleteStore(ctx, t.storeID)
+	err = client.DeleteStore(ctx, id)
 	c.pd.invalidate(t.endpoint)
 	var refused *pd.RefusedError
 	switch {
 	case errors.As(err, &refused):
 		c.metrics.refusals.WithLabelValues("pd-refused").Inc()
-		msg := fmt.Sprintf("PD refused to offline store %d (%s): %s; retrying", t.storeID, d.Reason, refused.Message)
+		msg := fmt.Sprintf("PD refused to offline store %d (%s): %s; retrying", id, d.Reason, refused.Message)
 		c.recorder.Event(t.pv, corev1.EventTypeWarning, ReasonPDRefused, msg)
 		c.recorder.Event(nodeRef(t.pv.Labels[provisioner.LabelNode]), corev1.EventTypeWarning, ReasonPDRefused, msg)
-		return fmt.Errorf("offline store %d: %w", t.storeID, err)
+		return fmt.Errorf("offline store %d: %w", id, err)
 	case errors.Is(err, pd.ErrStoreRemoved), errors.Is(err, pd.ErrStoreNotFound):
 		c.queue.Add(t.pv.Name) // already on its way out; the next sync sees it
 		return nil
 	case err != nil:
-		return fmt.Errorf("offline store %d: %w", t.storeID, err)
+		return fmt.Errorf("offline store %d: %w", id, err)
 	}
 	log.Info("offlined store in PD", "reason", d.Reason)
 	c.metrics.actions.WithLabelValues(ActOffline.String()).Inc()
-	msg := fmt.Sprintf("asked PD to offline store %d: %s", t.storeID, d.Reason)
+	msg := fmt.Sprintf("asked PD to offline store %d: %s", id, d.Reason)
 	c.recorder.Event(t.pv, corev1.EventTypeNormal, ReasonStoreOfflined, msg)
 	c.recorder.Event(nodeRef(t.pv.Labels[provisioner.LabelNode]), corev1.EventTypeNormal, ReasonStoreOfflined, msg)
 	c.queue.AddAfter(t.pv.Name, c.cfg.PollInterval)
@@ -212,6 +307,10 @@ func (c *Controller) offline(ctx context.Context, d Decision, t target) error {
 func (c *Controller) release(ctx context.Context, d Decision, t target) error {
 	log := klog.FromContext(ctx).WithValues("pv", t.pv.Name, "claim", t.pvc.Namespace+"/"+t.pvc.Name)
 	pv, err := c.freshPV(ctx, t.pv)
+	if err != nil {
+		return err
+	}
+	rec, err := freshRecord(pv, t)
 	if err != nil {
 		return err
 	}
@@ -233,8 +332,8 @@ func (c *Controller) release(ctx context.Context, d Decision, t target) error {
 		if d.Action != ActReleaseWithPod || t.pod == nil || !t.pod.CreationTimestamp.Before(pvc.DeletionTimestamp) {
 			return fmt.Errorf("%w: claim %s is already being deleted", errDone, pvc.Name)
 		}
-		if f := c.freshFacts(ctx, t); !ownerGone(t.component, f) {
-			return fmt.Errorf("%w: %s is no longer gone in PD (%s)", errRecheck, t.ownerName(), ownerState(f))
+		if err := c.recheckGone(ctx, t, rec); err != nil {
+			return err
 		}
 		pod, err := c.checkMounters(ctx, d, t)
 		if err != nil || pod == nil {
@@ -245,8 +344,8 @@ func (c *Controller) release(ctx context.Context, d Decision, t target) error {
 		}
 		return c.deleteStuckPod(ctx, pod, d, t)
 	}
-	if f := c.freshFacts(ctx, t); !ownerGone(t.component, f) {
-		return fmt.Errorf("%w: %s is no longer gone in PD (%s)", errRecheck, t.ownerName(), ownerState(f))
+	if err := c.recheckGone(ctx, t, rec); err != nil {
+		return err
 	}
 	pod, err := c.checkMounters(ctx, d, t)
 	if err != nil {
@@ -395,8 +494,12 @@ func (c *Controller) approve(ctx context.Context, d Decision, t target) error {
 	if err != nil {
 		return err
 	}
-	if f := c.freshFacts(ctx, t); !ownerGone(t.component, f) {
-		return fmt.Errorf("%w: %s is no longer gone in PD (%s)", errRecheck, t.ownerName(), ownerState(f))
+	rec, err := freshRecord(pv, t)
+	if err != nil {
+		return err
+	}
+	if err := c.recheckGone(ctx, t, rec); err != nil {
+		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -409,6 +512,98 @@ func (c *Controller) approve(ctx context.Context, d Decision, t target) error {
 	klog.FromContext(ctx).Info("approved wipe of released disk", "pv", pv.Name, "reason", d.Reason)
 	c.recorder.Event(pv, corev1.EventTypeNormal, ReasonReleaseApproved, "disk may be wiped: "+d.Reason)
 	return nil
+}
+
+// reclaimDelete sets a PV's reclaimPolicy to Delete, after a fresh read
+// shows either the approval for its current claim (a Released PV someone
+// set back to Retain) or a claim that no TiKV or PD pod uses.
+func (c *Controller) reclaimDelete(ctx context.Context, d Decision, t target) error {
+	pv, err := c.freshPV(ctx, t.pv)
+	if err != nil {
+		return err
+	}
+	if pv.Spec.PersistentVolumeReclaimPolicy == corev1.PersistentVolumeReclaimDelete {
+		return fmt.Errorf("%w: PV %s is already Delete", errDone, pv.Name)
+	}
+	switch pv.Status.Phase {
+	case corev1.VolumeReleased:
+		if !provisioner.ReleaseApproved(pv) {
+			return fmt.Errorf("%w: PV %s is not approved for its claim", errRecheck, pv.Name)
+		}
+	case corev1.VolumeBound:
+		if err := c.checkPlainClaim(ctx, pv, t); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("%w: PV %s is %s", errRecheck, pv.Name, pv.Status.Phase)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	patch, err := json.Marshal(map[string]any{
+		"metadata": map[string]any{"resourceVersion": pv.ResourceVersion},
+		"spec":     map[string]any{"persistentVolumeReclaimPolicy": corev1.PersistentVolumeReclaimDelete},
+	})
+	if err != nil {
+		return err
+	}
+	_, err = c.client.CoreV1().PersistentVolumes().Patch(ctx, pv.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	if apierrors.IsConflict(err) {
+		return fmt.Errorf("%w: PV %s changed", errRecheck, pv.Name)
+	}
+	if err != nil {
+		return fmt.Errorf("set reclaimPolicy Delete on PV %s: %w", pv.Name, err)
+	}
+	c.metrics.actions.WithLabelValues(ActReclaimDelete.String()).Inc()
+	klog.FromContext(ctx).Info("set reclaimPolicy Delete", "pv", pv.Name, "reason", d.Reason)
+	c.recorder.Event(pv, corev1.EventTypeNormal, ReasonReclaimDelete, "reclaimPolicy set to Delete: "+d.Reason)
+	return nil
+}
+
+// checkPlainClaim re-reads the claim and every pod of its namespace: the
+// claim must carry no TiKV or PD label, and at least one pod must use it,
+// none of them a TiKV or PD pod.
+func (c *Controller) checkPlainClaim(ctx context.Context, pv *corev1.PersistentVolume, t target) error {
+	pvc, err := c.client.CoreV1().PersistentVolumeClaims(t.pvc.Namespace).Get(ctx, t.pvc.Name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("re-read claim: %w", err)
+	}
+	if pvc.UID != claimUID(pv) {
+		return fmt.Errorf("%w: claim %s was recreated", errRecheck, pvc.Name)
+	}
+	if isTiDBComponent(pvc.Labels) {
+		return fmt.Errorf("%w: claim %s is a %s claim", errRecheck, pvc.Name, pvc.Labels[labelComponent])
+	}
+	pods, err := c.client.CoreV1().Pods(pvc.Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list pods using the claim: %w", err)
+	}
+	users := 0
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if !mounts(p, pvc.Name) {
+			continue
+		}
+		if isTiDBComponent(p.Labels) {
+			return fmt.Errorf("%w: pod %s using claim %s is a %s pod", errRecheck, p.Name, pvc.Name, p.Labels[labelComponent])
+		}
+		users++
+	}
+	if users == 0 {
+		return fmt.Errorf("%w: no pod uses claim %s yet", errNotYet, pvc.Name)
+	}
+	return nil
+}
+
+// isTiDBComponent reports whether labels mark a TiKV or PD pod or claim,
+// under TiDB Operator's v1 or v2 label keys.
+func isTiDBComponent(l map[string]string) bool {
+	for _, k := range []string{labelComponent, "pingcap.com/component"} {
+		if v := l[k]; v == ComponentTiKV || v == ComponentPD {
+			return true
+		}
+	}
+	return false
 }
 
 // deletePV removes the PV object of a dead node's disk that no claim holds.

@@ -30,11 +30,24 @@ import (
 // fakePD is a scriptable PD.
 type fakePD struct {
 	mu        sync.Mutex
+	cluster   uint64
 	stores    map[uint64]pd.StoreInfo
 	members   []pd.Member
 	err       error // every call fails with it (PD down, garbage)
 	deleteErr error
 	deletes   []uint64
+}
+
+// testClusterID is a PD cluster ID above 2^53, as real ones are.
+const testClusterID = uint64(7714128303309438701)
+
+func (f *fakePD) ClusterID(context.Context) (uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return 0, f.err
+	}
+	return f.cluster, nil
 }
 
 func (f *fakePD) Stores(context.Context, ...pd.StoreState) ([]pd.StoreInfo, error) {
@@ -85,7 +98,7 @@ func (f *fakePD) Members(context.Context) (pd.Members, error) {
 	if f.err != nil {
 		return pd.Members{}, f.err
 	}
-	return pd.Members{Members: f.members}, nil
+	return pd.Members{ClusterID: f.cluster, Members: f.members}, nil
 }
 
 func (f *fakePD) set(id uint64, state string) {
@@ -116,6 +129,13 @@ type world struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 }
+
+// testNow is the fake clock's start; test pods started at podStart, and
+// their stores heartbeat at testNow.
+var (
+	testNow  = time.Date(2026, 11, 22, 6, 0, 0, 0, time.UTC)
+	podStart = time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC)
+)
 
 const (
 	ns      = "tidb"
@@ -164,7 +184,7 @@ func tikvPod(uid types.UID, ready bool) *corev1.Pod {
 			OwnerReferences: []metav1.OwnerReference{{Kind: "StatefulSet", Name: "demo-tikv", Controller: ptr.To(true), APIVersion: "apps/v1", UID: "sts"}}},
 		Spec: corev1.PodSpec{NodeName: "node-a", Volumes: []corev1.Volume{{Name: "tikv",
 			VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: pvcName}}}}},
-		Status: corev1.PodStatus{Phase: corev1.PodRunning, Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: st,
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, StartTime: ptr.To(metav1.NewTime(podStart)), Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: st,
 			LastTransitionTime: metav1.NewTime(time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC))}}},
 	}
 }
@@ -173,11 +193,11 @@ func newWorld(t *testing.T, objs ...runtime.Object) *world {
 	t.Helper()
 	w := &world{
 		t: t, client: fake.NewClientset(objs...),
-		pd: &fakePD{stores: map[uint64]pd.StoreInfo{
-			7: {ID: 7, Address: "demo-tikv-3.demo-tikv-peer.tidb.svc:20160", StateName: "Up", State: pd.StoreUp, NodeState: pd.NodeServing},
-			1: {ID: 1, Address: "demo-tikv-0.demo-tikv-peer.tidb.svc:20160", StateName: "Up", State: pd.StoreUp, NodeState: pd.NodeServing},
+		pd: &fakePD{cluster: testClusterID, stores: map[uint64]pd.StoreInfo{
+			7: {ID: 7, Address: "demo-tikv-3.demo-tikv-peer.tidb.svc:20160", StateName: "Up", State: pd.StoreUp, NodeState: pd.NodeServing, LastHeartbeat: testNow},
+			1: {ID: 1, Address: "demo-tikv-0.demo-tikv-peer.tidb.svc:20160", StateName: "Up", State: pd.StoreUp, NodeState: pd.NodeServing, LastHeartbeat: testNow},
 		}},
-		clock: clocktesting.NewFakeClock(time.Date(2026, 11, 22, 6, 0, 0, 0, time.UTC)),
+		clock: clocktesting.NewFakeClock(testNow),
 		rec:   record.NewFakeRecorder(200),
 	}
 	tmpl, err := pd.ParseEndpointTemplate(pd.DefaultEndpointTemplate)
@@ -325,7 +345,7 @@ func TestSync_PDDownOrGarbageDestroysNothingAndSaysWhy(t *testing.T) {
 			require.NoError(t, w.sync())
 			require.Empty(t, w.claimDeletes())
 			require.Contains(t, w.events(), ReasonRefused)
-			require.Equal(t, "Unknown", w.pv().Annotations[provisioner.AnnOwnerState])
+			require.Equal(t, "Up", w.pv().Annotations[provisioner.AnnOwnerState], "the record keeps the last state PD showed")
 
 			w.pd.err = nil // PD is back: recovery needs no human
 			require.NoError(t, w.sync())

@@ -1,8 +1,10 @@
 package volumecontroller
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -15,7 +17,10 @@ const (
 	labelComponent = "app.kubernetes.io/component"
 	labelInstance  = "app.kubernetes.io/instance"
 	labelStoreID   = "tidb.pingcap.com/store-id"
+	labelMemberID  = "tidb.pingcap.com/member-id"
 	annPodName     = "tidb.pingcap.com/pod-name"
+	// labelV2Instance is TiDB Operator v2's instance name on pods and claims.
+	labelV2Instance = "pingcap.com/instance"
 )
 
 // owner is who a bound PV belongs to, as far as Kubernetes tells.
@@ -26,6 +31,9 @@ type owner struct {
 	// pod, else TiDB Operator's pod-name annotation, else what was recorded.
 	Pod       string
 	Namespace string
+	// Started is when the mounting pod started; zero without a pod. A
+	// store is confirmed as the pod's only if it heartbeated since.
+	Started time.Time
 	// Labels to render the PD endpoint template with.
 	Labels map[string]string
 }
@@ -51,6 +59,7 @@ func kubeOwner(pv *corev1.PersistentVolume, pvc *corev1.PersistentVolumeClaim, p
 	switch {
 	case pod != nil:
 		o.Pod = pod.Name
+		o.Started = podStarted(pod)
 	case pvc.Annotations[annPodName] != "":
 		o.Pod = pvc.Annotations[annPodName]
 	default:
@@ -61,6 +70,28 @@ func kubeOwner(pv *corev1.PersistentVolume, pvc *corev1.PersistentVolumeClaim, p
 	return o
 }
 
+// recordedOwner rebuilds the owner of a PV whose claim is gone from what
+// the controller recorded.
+func recordedOwner(rec provisioner.Ownership) owner {
+	ns, pod, _ := strings.Cut(rec.Pod, "/")
+	if ns == "" {
+		ns, _, _ = strings.Cut(rec.ClaimName, "/")
+	}
+	return owner{
+		Component: rec.Component, Cluster: rec.Cluster, Pod: pod, Namespace: ns,
+		Labels: map[string]string{labelInstance: rec.Cluster, labelComponent: rec.Component},
+	}
+}
+
+// podStarted is when the kubelet started the pod (its creation if the
+// status does not say yet).
+func podStarted(p *corev1.Pod) time.Time {
+	if p.Status.StartTime != nil {
+		return p.Status.StartTime.Time
+	}
+	return p.CreationTimestamp.Time
+}
+
 func podLabels(p *corev1.Pod) map[string]string {
 	if p == nil {
 		return nil
@@ -68,44 +99,65 @@ func podLabels(p *corev1.Pod) map[string]string {
 	return p.Labels
 }
 
-// storeOf finds the TiKV store of a pod: the store-id label TiDB Operator
-// sets when present, otherwise the one store not yet buried whose advertised
-// address starts with the pod name (<pod>.<cluster>-tikv-peer.<ns>.svc:port).
-// A Tombstone store with the same address is an earlier incarnation and
-// never the owner of a disk seen for the first time.
-func storeOf(o owner, stores storeIndex) (uint64, bool) {
+// confirmStore finds the TiKV store PD confirms as the pod's (safety rule
+// "an owner is a fact only when PD confirms it"): Up — Preparing or
+// Serving, not Disconnected or Down —, its advertised address naming the
+// pod (and the cluster and namespace where the address carries them), and
+// a heartbeat since the pod started (and, where PD reports it, a process
+// started since). TiDB Operator's store-id label is a hint PD must
+// confirm like any other candidate: the previous incarnation of the pod
+// (a store on a dead node, still Down or Offline) matches the address but
+// has not heartbeated since this pod started, so it is never recorded as
+// the owner of the new pod's disk.
+func confirmStore(o owner, stores storeIndex) (pd.StoreInfo, string) {
+	if o.Pod == "" || o.Started.IsZero() {
+		return pd.StoreInfo{}, "no running pod uses the claim yet"
+	}
+	candidates := stores.byPod[o.Pod]
 	if v := o.Labels[labelStoreID]; v != "" {
-		if id, err := strconv.ParseUint(v, 10, 64); err == nil && id > 0 {
-			return id, true
+		if id, err := strconv.ParseUint(v, 10, 64); err == nil {
+			if s, ok := stores.byID[id]; ok && s.PodName() != o.Pod {
+				candidates = append(candidates, s)
+			}
 		}
 	}
-	if o.Pod == "" {
-		return 0, false
-	}
-	var found []uint64
-	for _, s := range stores.byPod[o.Pod] {
-		if s.Phase() == pd.PhaseTombstone || s.Phase() == pd.PhaseUnknown {
-			continue
+	var confirmed []pd.StoreInfo
+	why := fmt.Sprintf("PD lists no store advertising pod %s", o.Pod)
+	for _, s := range candidates {
+		switch {
+		case !addressNames(s.Address, o):
+			why = fmt.Sprintf("store %d advertises %s, which does not name pod %s of cluster %s in %s", s.ID, s.Address, o.Pod, o.Cluster, o.Namespace)
+		case s.Phase() != pd.PhaseUp:
+			why = fmt.Sprintf("store %d at the pod's address is %s, not Up", s.ID, s.Phase())
+		case s.LastHeartbeat.Before(o.Started):
+			why = fmt.Sprintf("store %d at the pod's address has not heartbeated since the pod started (%s)", s.ID, o.Started.UTC().Format(time.RFC3339))
+		case !s.StartTime.IsZero() && s.StartTime.Before(o.Started.Truncate(time.Second)):
+			why = fmt.Sprintf("store %d at the pod's address runs a process started before the pod", s.ID)
+		default:
+			confirmed = append(confirmed, s)
 		}
-		if !addressMatches(s.Address, o) {
-			continue
-		}
-		found = append(found, s.ID)
 	}
-	if len(found) != 1 {
-		return 0, false
+	if len(confirmed) > 1 {
+		return pd.StoreInfo{}, fmt.Sprintf("%d Up stores advertise pod %s", len(confirmed), o.Pod)
 	}
-	return found[0], true
+	if len(confirmed) == 0 {
+		return pd.StoreInfo{}, why
+	}
+	return confirmed[0], ""
 }
 
-// addressMatches checks the parts of a fully qualified advertised address
-// beyond the pod name, when they are there.
-func addressMatches(addr string, o owner) bool {
+// addressNames checks that an advertised address
+// (<pod>.<cluster>-tikv-peer.<namespace>.svc:port) names the pod, and the
+// cluster and namespace where it carries them.
+func addressNames(addr string, o owner) bool {
 	host := addr
 	if i := strings.LastIndexByte(host, ':'); i >= 0 {
 		host = host[:i]
 	}
 	labels := strings.Split(host, ".")
+	if labels[0] != o.Pod {
+		return false
+	}
 	if len(labels) >= 2 && o.Cluster != "" && labels[1] != o.Cluster+"-tikv-peer" {
 		return false
 	}
@@ -115,21 +167,37 @@ func addressMatches(addr string, o owner) bool {
 	return true
 }
 
-// memberOf finds the PD member of a pod: TiDB Operator names members after
-// their pods.
-func memberOf(o owner, m pd.Members) (string, bool) {
+// confirmMember finds the PD member of a pod: by TiDB Operator's member-id
+// label first (confirmed only if PD lists that ID under the pod's name),
+// then by name — v1 names members after pods.
+func confirmMember(o owner, m pd.Members) (pd.Member, string) {
 	if o.Pod == "" {
-		return "", false
+		return pd.Member{}, "no pod uses the claim yet"
 	}
-	for _, mem := range m.Members {
-		if mem.Name == o.Pod {
-			return mem.Name, true
+	if v := o.Labels[labelMemberID]; v != "" {
+		if id, err := strconv.ParseUint(v, 10, 64); err == nil {
+			for _, mem := range m.Members {
+				if mem.MemberID == id && memberNames(mem, o) {
+					return mem, ""
+				}
+			}
 		}
 	}
-	return "", false
+	for _, mem := range m.Members {
+		if memberNames(mem, o) {
+			return mem, ""
+		}
+	}
+	return pd.Member{}, fmt.Sprintf("PD lists no member named after pod %s", o.Pod)
 }
 
-// ownerState is the word the PV records and `tidb-localpv disks` shows.
+// memberNames: TiDB Operator v1 names a member after its pod, v2 after its
+// instance object (pod basic-pd-7axwci, member basic-7axwci).
+func memberNames(mem pd.Member, o owner) bool {
+	return mem.Name == o.Pod || (o.Labels[labelV2Instance] != "" && mem.Name == o.Labels[labelV2Instance])
+}
+
+// ownerState is the word `tidb-localpv disks` shows for facts.
 func ownerState(f OwnerFacts) string {
 	switch {
 	case !f.Known:

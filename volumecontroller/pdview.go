@@ -2,18 +2,19 @@ package volumecontroller
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	"k8s.io/utils/clock"
 
+	"github.com/tidb-localpv/tidb-localpv/provisioner"
 	"github.com/tidb-localpv/tidb-localpv/volumecontroller/pd"
 )
 
 // PD is the part of PD's HTTP API the controller uses; *pd.Client has it.
 type PD interface {
+	ClusterID(ctx context.Context) (uint64, error)
 	Stores(ctx context.Context, states ...pd.StoreState) ([]pd.StoreInfo, error)
 	Store(ctx context.Context, id uint64) (pd.StoreInfo, error)
 	DeleteStore(ctx context.Context, id uint64) error
@@ -79,8 +80,9 @@ func (v *pdView) client(url string) (PD, error) {
 // controller looks for, and PD hides them by default.
 var allStores = []pd.StoreState{pd.StoreUp, pd.StoreOffline, pd.StoreTombstone}
 
-// storesCached returns the endpoint's stores, at most ttl old. Errors are
-// cached as well, so an unreachable PD is not hammered by every PV.
+// storesCached returns the endpoint's stores with its cluster ID, at most
+// ttl old. Errors are cached as well, so an unreachable PD is not hammered
+// by every PV.
 func (v *pdView) storesCached(ctx context.Context, url string) (storeIndex, error) {
 	e, err := v.endpoint(url)
 	if err != nil {
@@ -89,18 +91,34 @@ func (v *pdView) storesCached(ctx context.Context, url string) (storeIndex, erro
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if now := v.clock.Now(); e.storesAt.IsZero() || now.Sub(e.storesAt) >= v.ttl {
-		var list []pd.StoreInfo
-		list, e.storesErr = e.client.Stores(ctx, allStores...)
-		e.stores = indexStores(list)
+		e.stores, e.storesErr = listStores(ctx, e.client)
 		e.storesAt = now
 	}
 	return e.stores, e.storesErr
 }
 
+// listStores asks PD for its cluster ID and every store. The ID is asked
+// first: a PD replaced between the two answers can only make the list look
+// like the new cluster's, which the ID then does not vouch for.
+func listStores(ctx context.Context, c PD) (storeIndex, error) {
+	id, err := c.ClusterID(ctx)
+	if err != nil {
+		return storeIndex{}, err
+	}
+	list, err := c.Stores(ctx, allStores...)
+	if err != nil {
+		return storeIndex{}, err
+	}
+	idx := indexStores(list)
+	idx.clusterID = id
+	return idx, nil
+}
+
 // storeIndex is a store list indexed for per-PV lookups, so a resync over
 // thousands of PVs stays linear.
 type storeIndex struct {
-	byID  map[uint64]pd.StoreInfo
+	clusterID uint64
+	byID      map[uint64]pd.StoreInfo
 	byPod map[string][]pd.StoreInfo
 }
 
@@ -139,57 +157,112 @@ func (v *pdView) invalidate(url string) {
 	}
 }
 
-// storeFacts reads a store's state from a store list. A store missing from
-// a list that holds other stores was removed from PD; a missing store in an
-// empty list tells nothing (a PD that lost its data, or the wrong PD).
-func storeFacts(stores storeIndex, err error, id uint64) OwnerFacts {
-	if err != nil {
-		return OwnerFacts{Err: err}
+// Why facts are unknown, as the refusals metric counts them.
+const (
+	unknownPD       = "pd-unknown"
+	unknownCluster  = "pd-cluster-mismatch"
+	unknownVanished = "owner-vanished"
+)
+
+// clusterMismatch is the facts of an answer from another PD cluster than
+// the one the owner was confirmed in: they tell nothing about the owner.
+func clusterMismatch(rec provisioner.Ownership, got uint64) (OwnerFacts, bool) {
+	if rec.ClusterID == 0 || rec.ClusterID == got {
+		return OwnerFacts{}, false
 	}
+	return OwnerFacts{Why: unknownCluster, Err: fmt.Errorf(
+		"PD answers for cluster ID %d, but %s was recorded in PD cluster %d: PD was rebuilt or the endpoint names another cluster's PD; check the PD endpoint (--pd-endpoint-template, --pd-endpoint) and PD's cluster ID with `pd-ctl cluster`",
+		got, rec.Owner(), rec.ClusterID)}, true
+}
+
+// storeFacts reads the recorded store's state from a store list (safety
+// rule "another cluster's PD, or a store that vanished without having been
+// seen leaving, means unknown").
+func storeFacts(stores storeIndex, err error, rec provisioner.Ownership) OwnerFacts {
+	if err != nil {
+		return OwnerFacts{Err: err, Why: unknownPD}
+	}
+	if f, bad := clusterMismatch(rec, stores.clusterID); bad {
+		return f
+	}
+	id := rec.StoreID
 	if s, ok := stores.byID[id]; ok {
 		ph := s.Phase()
 		if ph == pd.PhaseUnknown {
-			return OwnerFacts{Err: fmt.Errorf("store %d: PD reports state %q / %d / %d", id, s.StateName, s.State, s.NodeState)}
+			return OwnerFacts{Why: unknownPD, Err: fmt.Errorf("store %d: PD reports state %q / %d / %d", id, s.StateName, s.State, s.NodeState)}
 		}
-		return OwnerFacts{Known: true, Phase: ph}
+		return OwnerFacts{Known: true, Phase: ph, Store: s}
 	}
 	if len(stores.byID) == 0 {
-		return OwnerFacts{Err: errors.New("PD lists no stores at all; refusing to conclude store " + fmt.Sprint(id) + " is gone")}
+		return OwnerFacts{Why: unknownPD, Err: fmt.Errorf("PD lists no stores at all; refusing to conclude store %d is gone", id)}
+	}
+	if rec.ClusterID == 0 {
+		return OwnerFacts{Why: unknownPD, Err: fmt.Errorf("store %d is not in PD, and the PD cluster it was recorded in is not known (recorded by an older version); nothing is released", id)}
+	}
+	if !rec.Leaving() {
+		return OwnerFacts{Why: unknownVanished, Err: fmt.Errorf(
+			"store %d is no longer in PD, but it was last seen %s%s, not leaving: PD may have been restored (pd-recover) or rebuilt; check `pd-ctl store %d` and PD's logs — the disk keeps its data until PD shows the store Tombstone or an operator deletes the PV",
+			id, orUnknown(rec.State), seenAt(rec.Seen), id)}
 	}
 	return OwnerFacts{Known: true, Removed: true, Phase: pd.PhaseTombstone}
 }
 
-// memberFacts reads whether a PD member is still in the member list.
-func memberFacts(m pd.Members, err error, name string) OwnerFacts {
+// memberFacts reads whether the recorded PD member is still a member. PD
+// members have no leaving state: one gone from a membership that carries
+// on (a peer seen beside it is still listed) was removed; one gone with all
+// of its peers vanished with its PD, which tells nothing.
+func memberFacts(m pd.Members, err error, rec provisioner.Ownership) OwnerFacts {
 	if err != nil {
-		return OwnerFacts{Err: err}
+		return OwnerFacts{Err: err, Why: unknownPD}
+	}
+	if f, bad := clusterMismatch(rec, m.ClusterID); bad {
+		return f
 	}
 	if len(m.Members) == 0 {
-		return OwnerFacts{Err: errors.New("PD lists no members; refusing to conclude member " + name + " is gone")}
+		return OwnerFacts{Why: unknownPD, Err: fmt.Errorf("PD lists no members; refusing to conclude member %s is gone", rec.Member)}
 	}
+	listed := map[uint64]bool{}
 	for _, mem := range m.Members {
-		if mem.Name == name {
-			return OwnerFacts{Known: true, Phase: pd.PhaseUp}
+		listed[mem.MemberID] = true
+		if (rec.MemberID != 0 && mem.MemberID == rec.MemberID) || (rec.MemberID == 0 && mem.Name == rec.Member) {
+			return OwnerFacts{Known: true, Phase: pd.PhaseUp, Member: mem, Peers: m.Members}
 		}
 	}
-	return OwnerFacts{Known: true, Removed: true}
+	if rec.ClusterID == 0 {
+		return OwnerFacts{Why: unknownPD, Err: fmt.Errorf("PD member %s is not listed, and the PD cluster it was recorded in is not known (recorded by an older version); nothing is released", rec.Member)}
+	}
+	for _, p := range rec.Peers {
+		if p != rec.MemberID && listed[p] {
+			return OwnerFacts{Known: true, Removed: true}
+		}
+	}
+	return OwnerFacts{Why: unknownVanished, Err: fmt.Errorf(
+		"PD member %s is gone together with every member listed beside it%s: PD may have been rebuilt or recovered; check `pd-ctl member` — the disk keeps its data until an operator deletes the PV",
+		rec.Member, seenAt(rec.Seen))}
 }
 
-// freshStoreFacts asks PD directly, for the re-check right before an action.
-func freshStoreFacts(ctx context.Context, c PD, id uint64) OwnerFacts {
-	s, err := c.Store(ctx, id)
-	if errors.Is(err, pd.ErrStoreNotFound) {
-		// Only "gone" if PD still knows other stores.
-		list, lerr := c.Stores(ctx, allStores...)
-		return storeFacts(indexStores(list), lerr, id)
+func orUnknown(s string) string {
+	if s == "" {
+		return "in an unrecorded state"
 	}
-	if err != nil {
-		return OwnerFacts{Err: err}
-	}
-	return storeFacts(indexStores([]pd.StoreInfo{s}), nil, id)
+	return s
 }
 
-func freshMemberFacts(ctx context.Context, c PD, name string) OwnerFacts {
+func seenAt(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return " at " + t.UTC().Format(time.RFC3339)
+}
+
+// freshStoreFacts asks PD directly, for the re-check right before an
+// action; it also returns the fresh store list for the address check.
+func freshStoreFacts(ctx context.Context, c PD, rec provisioner.Ownership) (OwnerFacts, storeIndex) {
+	stores, err := listStores(ctx, c)
+	return storeFacts(stores, err, rec), stores
+}
+
+func freshMemberFacts(ctx context.Context, c PD, rec provisioner.Ownership) OwnerFacts {
 	m, err := c.Members(ctx)
-	return memberFacts(m, err, name)
+	return memberFacts(m, err, rec)
 }

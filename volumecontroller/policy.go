@@ -35,12 +35,18 @@ const (
 	ActReleaseWithPod
 	// ActDeletePV: delete the PV object of a dead node's free disk.
 	ActDeletePV
-	// ActApprove: stamp a Released PV so its agent may wipe it.
+	// ActApprove: stamp a Released PV so its agent may wipe it (and make
+	// it reclaimable: Retain → Delete).
 	ActApprove
+	// ActReclaimDelete: set a PV's reclaimPolicy to Delete — a Released PV
+	// already approved for its claim (TiDB Operator restored Retain while
+	// the claim was being deleted), or the PV of a claim that no TiKV or
+	// PD pod uses, which recycles like any local volume.
+	ActReclaimDelete
 )
 
 func (a Action) String() string {
-	return [...]string{"none", "wait", "offline-store", "release", "release-with-pod", "delete-pv", "approve"}[a]
+	return [...]string{"none", "wait", "offline-store", "release", "release-with-pod", "delete-pv", "approve", "reclaim-delete"}[a]
 }
 
 // Decision is the policy's answer with the reason, which goes into events.
@@ -60,11 +66,20 @@ type OwnerFacts struct {
 	Known bool
 	// Err explains why facts are unknown.
 	Err error
+	// Why classifies unknown facts for the refusals metric: pd-unknown,
+	// pd-cluster-mismatch, owner-vanished.
+	Why string
 	// Phase of the TiKV store (PhaseTombstone also when PD no longer lists it).
 	Phase pd.Phase
-	// Removed: the store (or member) is no longer in a PD that answers and
-	// lists others.
+	// Removed: the store was last seen leaving and is no longer in its own
+	// cluster's PD, or the member is gone from a membership that carries on.
 	Removed bool
+	// ClusterID is the cluster of the PD that answered.
+	ClusterID uint64
+	// Store, Member and Peers are what PD listed, to refresh the record.
+	Store  pd.StoreInfo
+	Member pd.Member
+	Peers  []pd.Member
 }
 
 // NodeFacts is the controller's view of the disk's node.
@@ -98,6 +113,10 @@ type Policy struct {
 	// this long is stuck, not just between TiDB Operator's store burial and
 	// its scale-in.
 	StuckPodGrace time.Duration
+	// UnresolvedGrace: a TiKV or PD claim whose owner is still not
+	// confirmed in PD after this long is reported: its disk will not be
+	// recycled until it is.
+	UnresolvedGrace time.Duration
 }
 
 // Input is everything the policy looks at for a bound PV.
@@ -106,7 +125,11 @@ type Input struct {
 	// Owned: the store or member was recorded for the PV's current claim.
 	Owned bool
 	Owner string // "store 7" / "PD member pd-2", for messages
-	Facts OwnerFacts
+	// Unresolved says why no owner is confirmed (when !Owned), and
+	// UnresolvedFor for how long the claim has existed without one.
+	Unresolved    string
+	UnresolvedFor time.Duration
+	Facts         OwnerFacts
 	Node  NodeFacts
 	Pod   PodFacts
 }
@@ -130,12 +153,16 @@ func (p Policy) DecideBound(in Input) Decision {
 	case !in.Owned:
 		if dead {
 			return Decision{Action: ActNone, Warn: true, Refusal: "owner-unknown",
-				Reason: fmt.Sprintf("%s, but no TiKV store or PD member was ever recorded for this claim; nothing is released without a known owner", why)}
+				Reason: fmt.Sprintf("%s, but no TiKV store or PD member was ever confirmed for this claim (%s); nothing is released without a known owner", why, in.Unresolved)}
+		}
+		if p.UnresolvedGrace > 0 && in.UnresolvedFor >= p.UnresolvedGrace {
+			return Decision{Action: ActNone, Warn: true, Refusal: "owner-unresolved",
+				Reason: fmt.Sprintf("no %s owner confirmed in PD after %s (%s); the disk will not be recycled until one is — check the PD endpoint and that the pod's store registered", in.Component, in.UnresolvedFor.Round(time.Second), in.Unresolved)}
 		}
 		return Decision{Action: ActNone}
 	case !in.Facts.Known:
-		return Decision{Action: ActNone, Warn: dead || in.Facts.Err != nil, Refusal: "pd-unknown",
-			Reason: fmt.Sprintf("state of %s is unknown (%v); no destructive action while PD cannot be asked", in.Owner, in.Facts.Err)}
+		return Decision{Action: ActNone, Warn: dead || in.Facts.Err != nil, Refusal: orDefault(in.Facts.Why, unknownPD),
+			Reason: fmt.Sprintf("state of %s is unknown (%v); no destructive action while PD cannot tell", in.Owner, in.Facts.Err)}
 	}
 	if ownerGone(in.Component, in.Facts) {
 		what := fmt.Sprintf("%s is %s", in.Owner, ownerGoneWord(in))
@@ -197,26 +224,67 @@ func ownerGoneWord(in Input) string {
 	}
 }
 
+// ReleasedInput is everything the policy looks at for a Released PV.
+type ReleasedInput struct {
+	Component string
+	// Owned: an owner was recorded for the claim the PV was released from;
+	// Approved: the controller found it gone and approved the wipe.
+	Owned, Approved bool
+	// ReclaimDelete: the PV's reclaimPolicy is Delete.
+	ReclaimDelete bool
+	Owner         string
+	Facts         OwnerFacts
+	Node          NodeFacts
+}
+
 // DecideReleased is the policy for a Released PV: approve the wipe of an
-// owned disk only when its owner is gone, and remove the PV object of a
-// dead node (no agent is left to wipe it).
-func (p Policy) DecideReleased(owned, approved bool, owner string, facts OwnerFacts, component string, node NodeFacts) Decision {
-	dead, why := p.nodeDead(node)
-	if owned && !approved {
-		if !ownerGone(component, facts) {
+// owned disk only when its owner is gone, put an approved PV back to
+// Delete if someone restored Retain, and remove the PV object of a dead
+// node (no agent is left to wipe it).
+func (p Policy) DecideReleased(in ReleasedInput) Decision {
+	dead, why := p.nodeDead(in.Node)
+	switch {
+	case in.Owned && !in.Approved:
+		if !ownerGone(in.Component, in.Facts) {
 			state := "unknown"
-			if facts.Known {
-				state = facts.Phase.String()
+			refusal := "owner-alive"
+			if in.Facts.Known {
+				state = in.Facts.Phase.String()
+			} else {
+				refusal = orDefault(in.Facts.Why, unknownPD)
+				if in.Facts.Err != nil {
+					state = fmt.Sprintf("unknown (%v)", in.Facts.Err)
+				}
 			}
-			return Decision{Action: ActNone, Warn: true, Refusal: "owner-alive",
-				Reason: fmt.Sprintf("the claim was deleted but %s is %s in PD; the disk keeps its data and is not wiped", owner, state)}
+			return Decision{Action: ActNone, Warn: true, Refusal: refusal,
+				Reason: fmt.Sprintf("the claim was deleted but %s is %s in PD; the disk keeps its data and is not wiped", in.Owner, state)}
 		}
-		return Decision{Action: ActApprove, Reason: fmt.Sprintf("%s is %s", owner, ownerGoneWord(Input{Component: component, Facts: facts}))}
-	}
-	if dead && node.Gone {
+		return Decision{Action: ActApprove, Reason: fmt.Sprintf("%s is %s", in.Owner, ownerGoneWord(Input{Component: in.Component, Facts: in.Facts}))}
+	case in.Owned && in.Approved && !in.ReclaimDelete:
+		return Decision{Action: ActReclaimDelete, Reason: "the wipe was approved for this claim but the reclaim policy was set back to Retain (TiDB Operator restores its pvReclaimPolicy); a disk whose owner is gone is recycled"}
+	case dead && in.Node.Gone:
 		return Decision{Action: ActDeletePV, Reason: why + "; no agent is left to wipe the disk, and a disk that comes back is wiped before reuse"}
+	case !in.Owned && !in.ReclaimDelete && (in.Component == ComponentTiKV || in.Component == ComponentPD):
+		return Decision{Action: ActNone, Warn: true, Refusal: "owner-unknown",
+			Reason: fmt.Sprintf("the claim of this %s disk was deleted, but no owner was ever confirmed in PD for it; the disk keeps its data (reclaimPolicy %s). If its data is no longer needed, delete the PV; the disk is wiped before it is published again", in.Component, "Retain")}
 	}
 	return Decision{Action: ActNone}
+}
+
+// DecidePlain is the policy for a Bound PV whose claim no TiKV or PD pod
+// uses: it recycles like any local volume once its claim goes.
+func (p Policy) DecidePlain(reclaimDelete bool) Decision {
+	if reclaimDelete {
+		return Decision{Action: ActNone}
+	}
+	return Decision{Action: ActReclaimDelete, Reason: "the claim is not used by a TiKV or PD pod: its disk is recycled when the claim is deleted"}
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
 }
 
 // DecideFree is the policy for an Available PV.

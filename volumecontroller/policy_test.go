@@ -2,11 +2,13 @@ package volumecontroller
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/tidb-localpv/tidb-localpv/provisioner"
 	"github.com/tidb-localpv/tidb-localpv/volumecontroller/pd"
 )
 
@@ -89,29 +91,54 @@ func TestDecideReleased_ApprovesOnlyWhenTheOwnerIsGone(t *testing.T) {
 	unknown := OwnerFacts{Err: errors.New("timeout")}
 	dead := NodeFacts{Gone: true, GoneFor: time.Hour}
 	cases := []struct {
-		name            string
-		owned, approved bool
-		facts           OwnerFacts
-		component       string
-		node            NodeFacts
-		want            Action
+		name                    string
+		owned, approved, delete bool
+		facts                   OwnerFacts
+		component               string
+		node                    NodeFacts
+		want                    Action
+		warn                    bool
 	}{
-		{"claim deleted by hand while the store is Up: refuse", true, false, alive, ComponentTiKV, NodeFacts{}, ActNone},
-		{"claim deleted while PD cannot be asked: refuse", true, false, unknown, ComponentTiKV, NodeFacts{}, ActNone},
-		{"claim deleted by the operator after Tombstone: approve", true, false, tomb, ComponentTiKV, NodeFacts{}, ActApprove},
-		{"PD member removed: approve", true, false, OwnerFacts{Known: true, Removed: true}, ComponentPD, NodeFacts{}, ActApprove},
-		{"already approved on a live node: the agent wipes", true, true, tomb, ComponentTiKV, NodeFacts{}, ActNone},
-		{"approved on a dead node: delete the PV object", true, true, tomb, ComponentTiKV, dead, ActDeletePV},
-		{"not owned on a live node: plain reclaim, nothing to do", false, false, OwnerFacts{}, "", NodeFacts{}, ActNone},
-		{"not owned on a dead node: delete the PV object", false, false, OwnerFacts{}, "", dead, ActDeletePV},
-		{"owned, store Up, on a dead node: refuse (data may be needed)", true, false, alive, ComponentTiKV, dead, ActNone},
+		{"claim deleted by hand while the store is Up: refuse", true, false, false, alive, ComponentTiKV, NodeFacts{}, ActNone, true},
+		{"claim deleted while PD cannot be asked: refuse", true, false, false, unknown, ComponentTiKV, NodeFacts{}, ActNone, true},
+		{"claim deleted by the operator after Tombstone: approve", true, false, false, tomb, ComponentTiKV, NodeFacts{}, ActApprove, false},
+		{"PD member removed: approve", true, false, false, OwnerFacts{Known: true, Removed: true}, ComponentPD, NodeFacts{}, ActApprove, false},
+		{"already approved and Delete on a live node: the agent wipes", true, true, true, tomb, ComponentTiKV, NodeFacts{}, ActNone, false},
+		{"approved but set back to Retain: back to Delete", true, true, false, tomb, ComponentTiKV, NodeFacts{}, ActReclaimDelete, false},
+		{"approved on a dead node: delete the PV object", true, true, true, tomb, ComponentTiKV, dead, ActDeletePV, false},
+		{"not owned, Delete, on a live node: plain reclaim, nothing to do", false, false, true, OwnerFacts{}, "", NodeFacts{}, ActNone, false},
+		{"not owned on a dead node: delete the PV object", false, false, false, OwnerFacts{}, "", dead, ActDeletePV, false},
+		{"owned, store Up, on a dead node: refuse (data may be needed)", true, false, false, alive, ComponentTiKV, dead, ActNone, true},
+		{"a TiKV disk never owned, Retain: keep its data and say so", false, false, false, OwnerFacts{}, ComponentTiKV, NodeFacts{}, ActNone, true},
+		{"a TiKV disk never owned is never set to Delete", false, false, false, OwnerFacts{}, ComponentTiKV, NodeFacts{}, ActNone, true},
+		{"not approved, Retain, owner alive: never set to Delete", true, false, false, alive, ComponentTiKV, NodeFacts{}, ActNone, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			d := testPolicy.DecideReleased(c.owned, c.approved, "TiKV store 7", c.facts, c.component, c.node)
+			d := testPolicy.DecideReleased(ReleasedInput{Component: c.component, Owned: c.owned, Approved: c.approved,
+				ReclaimDelete: c.delete, Owner: "TiKV store 7", Facts: c.facts, Node: c.node})
 			require.Equal(t, c.want, d.Action, d.Reason)
+			require.Equal(t, c.warn, d.Warn, d.Reason)
 		})
 	}
+}
+
+func TestDecideBound_AnOwnerUnresolvedPastTheGraceIsReported(t *testing.T) {
+	p := testPolicy
+	p.UnresolvedGrace = 5 * time.Minute
+	in := Input{Component: ComponentTiKV, Unresolved: "PD lists no store advertising pod demo-tikv-3", UnresolvedFor: 4 * time.Minute}
+	require.False(t, p.DecideBound(in).Warn)
+	in.UnresolvedFor = 6 * time.Minute
+	d := p.DecideBound(in)
+	require.Equal(t, ActNone, d.Action)
+	require.True(t, d.Warn)
+	require.Equal(t, "owner-unresolved", d.Refusal)
+	require.Contains(t, d.Reason, "no store advertising")
+}
+
+func TestDecidePlain_AClaimNoTiDBPodUsesRecyclesLikeAnyLocalVolume(t *testing.T) {
+	require.Equal(t, ActReclaimDelete, testPolicy.DecidePlain(false).Action)
+	require.Equal(t, ActNone, testPolicy.DecidePlain(true).Action)
 }
 
 func TestDecideFree_DeletesOnlyPVsOfDeletedNodesPastTheGrace(t *testing.T) {
@@ -124,12 +151,69 @@ func TestDecideFree_DeletesOnlyPVsOfDeletedNodesPastTheGrace(t *testing.T) {
 }
 
 func TestStoreFacts_TellsRemovedFromUnknown(t *testing.T) {
-	require.Equal(t, OwnerFacts{Known: true, Removed: true, Phase: pd.PhaseTombstone},
-		storeFacts(indexStores([]pd.StoreInfo{{ID: 1, StateName: "Up"}}), nil, 7))
-	f := storeFacts(indexStores(nil), nil, 7)
-	require.False(t, f.Known, "an empty store list proves nothing")
-	f = storeFacts(indexStores(nil), errors.New("503"), 7)
-	require.False(t, f.Known)
-	f = storeFacts(indexStores([]pd.StoreInfo{{ID: 7, StateName: "Serving"}}), nil, 7)
-	require.False(t, f.Known, "a state PD does not document is unknown")
+	const cluster = uint64(7714128303309438701)
+	idx := func(c uint64, ss ...pd.StoreInfo) storeIndex { i := indexStores(ss); i.clusterID = c; return i }
+	rec := func(state string) provisioner.Ownership {
+		return provisioner.Ownership{Component: ComponentTiKV, Claim: "c", StoreID: 7, ClusterID: cluster, State: state}
+	}
+	other := pd.StoreInfo{ID: 1, StateName: "Up"}
+	cases := []struct {
+		name    string
+		stores  storeIndex
+		err     error
+		rec     provisioner.Ownership
+		known   bool
+		removed bool
+		why     string
+	}{
+		{"last seen Tombstone, now gone from its own cluster: removed", idx(cluster, other), nil, rec("Tombstone"), true, true, ""},
+		{"last seen Offline, now gone: removed", idx(cluster, other), nil, rec("Offline"), true, true, ""},
+		{"last seen Up, now gone (pd-recover, rebuilt PD): unknown", idx(cluster, other), nil, rec("Up"), false, false, unknownVanished},
+		{"last seen Down, now gone: unknown", idx(cluster, other), nil, rec("Down"), false, false, unknownVanished},
+		{"last seen Disconnected, now gone: unknown", idx(cluster, other), nil, rec("Disconnected"), false, false, unknownVanished},
+		{"an empty store list proves nothing", idx(cluster), nil, rec("Tombstone"), false, false, unknownPD},
+		{"PD unreachable", storeIndex{}, errors.New("503"), rec("Tombstone"), false, false, unknownPD},
+		{"another cluster's PD says nothing, even Tombstone", idx(42, pd.StoreInfo{ID: 7, StateName: "Tombstone", State: pd.StoreTombstone, NodeState: pd.NodeRemoved}), nil, rec("Offline"), false, false, unknownCluster},
+		{"a state PD does not document is unknown", idx(cluster, pd.StoreInfo{ID: 7, StateName: "Serving"}), nil, rec("Up"), false, false, unknownPD},
+		{"a record without a cluster ID never concludes gone", idx(cluster, other), nil, provisioner.Ownership{Component: ComponentTiKV, Claim: "c", StoreID: 7, State: "Tombstone"}, false, false, unknownPD},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := storeFacts(c.stores, c.err, c.rec)
+			require.Equal(t, c.known, f.Known, "%v", f.Err)
+			require.Equal(t, c.removed, f.Removed)
+			require.Equal(t, c.why, f.Why)
+			if !f.Known {
+				require.Error(t, f.Err)
+			}
+		})
+	}
+	f := storeFacts(idx(42, other), nil, rec("Up"))
+	require.ErrorContains(t, f.Err, "42")
+	require.ErrorContains(t, f.Err, "7714128303309438701", "the warning names both cluster IDs")
+}
+
+func TestMemberFacts_AMemberGoneWithAllItsPeersIsUnknown(t *testing.T) {
+	const cluster = uint64(7714128303309438701)
+	rec := provisioner.Ownership{Component: ComponentPD, Claim: "c", Member: "pd-2", MemberID: 12, ClusterID: cluster, State: "Up", Peers: []uint64{11, 12, 13}}
+	members := func(c uint64, ids ...uint64) pd.Members {
+		m := pd.Members{ClusterID: c}
+		for _, id := range ids {
+			m.Members = append(m.Members, pd.Member{Name: fmt.Sprintf("pd-%d", id-10), MemberID: id})
+		}
+		return m
+	}
+	require.True(t, memberFacts(members(cluster, 11, 12, 13), nil, rec).Known)
+	f := memberFacts(members(cluster, 11, 13), nil, rec)
+	require.True(t, f.Known && f.Removed, "removed from a membership that carries on")
+	f = memberFacts(members(cluster, 21, 22, 23), nil, rec)
+	require.False(t, f.Known, "every peer is new: a rebuilt or recovered PD")
+	require.Equal(t, unknownVanished, f.Why)
+	f = memberFacts(members(99, 11, 13), nil, rec)
+	require.False(t, f.Known, "another cluster's PD")
+	require.Equal(t, unknownCluster, f.Why)
+	renamed := members(cluster, 11, 13)
+	renamed.Members = append(renamed.Members, pd.Member{Name: "pd-2", MemberID: 99})
+	f = memberFacts(renamed, nil, rec)
+	require.True(t, f.Removed, "a new member under the old name is not the recorded one")
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strconv"
+	"maps"
+	"slices"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -13,6 +15,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/tidb-localpv/tidb-localpv/provisioner"
+	"github.com/tidb-localpv/tidb-localpv/volumecontroller/pd"
 )
 
 // target is what an action works on, as the decision saw it.
@@ -21,19 +24,13 @@ type target struct {
 	pvc       *corev1.PersistentVolumeClaim
 	pod       *corev1.Pod
 	owner     owner
+	rec       provisioner.Ownership
 	endpoint  string
-	storeID   uint64
-	member    string
 	component string
 	node      NodeFacts
 }
 
-func (t target) ownerName() string {
-	if t.component == ComponentPD {
-		return "PD member " + t.member
-	}
-	return fmt.Sprintf("TiKV store %d", t.storeID)
-}
+func (t target) ownerName() string { return t.rec.Owner() }
 
 // sync reconciles one PV. It reads only caches (and PD through a short
 // cache); what it decides to destroy is re-read in full by the action.
@@ -78,89 +75,176 @@ func (c *Controller) syncBound(ctx context.Context, pv *corev1.PersistentVolume,
 	}
 	pod := c.mountingPod(pvc)
 	o := kubeOwner(pv, pvc, pod)
-	t := target{pv: pv, pvc: pvc, pod: pod, owner: o, component: o.Component, node: node}
-	rec := ownershipFor(pv, pvc, o)
+	rec, owned := provisioner.OwnershipOf(pv)
+	if !owned || rec.Claim != string(pvc.UID) {
+		// A record for an earlier claim says nothing about this one.
+		rec, owned = provisioner.Ownership{}, false
+	}
+	rec.Component, rec.Cluster = orDefault(o.Component, rec.Component), orDefault(o.Cluster, rec.Cluster)
+	if o.Pod != "" {
+		rec.Pod = o.Namespace + "/" + o.Pod
+	}
+	t := target{pv: pv, pvc: pvc, pod: pod, owner: o, component: rec.Component, node: node}
+
+	if rec.Component != ComponentTiKV && rec.Component != ComponentPD {
+		t.rec = rec
+		if err := c.writeOwnership(ctx, pv, rec); err != nil {
+			return err
+		}
+		return c.act(ctx, c.cfg.Policy.DecidePlain(pv.Spec.PersistentVolumeReclaimPolicy == corev1.PersistentVolumeReclaimDelete), t)
+	}
 
 	var facts OwnerFacts
-	if o.Component == ComponentTiKV || o.Component == ComponentPD {
-		if t.endpoint, err = c.endpoint(o); err != nil {
-			facts = OwnerFacts{Err: err}
-		} else {
-			facts = c.ownerFacts(ctx, &t, rec)
-		}
-		if t.storeID != 0 || t.member != "" {
-			rec.claim = string(pvc.UID)
-			rec.store, rec.member = t.storeID, t.member
-			rec.state = ownerState(facts)
+	unresolved := ""
+	if t.endpoint, err = c.endpoint(o); err != nil {
+		facts = OwnerFacts{Err: err, Why: unknownPD}
+		unresolved = err.Error()
+	} else if owned {
+		facts = c.recordedFacts(ctx, t.endpoint, rec)
+		rec = refreshRecord(rec, facts, c.clock.Now())
+	} else {
+		rec, owned, unresolved = c.confirmOwner(ctx, t.endpoint, o, rec, pvc)
+		if owned {
+			facts = OwnerFacts{Known: true, Phase: pd.PhaseUp}
 		}
 	}
+	t.rec = rec
 	if err := c.writeOwnership(ctx, pv, rec); err != nil {
 		return err
 	}
-	if o.Component != ComponentTiKV && o.Component != ComponentPD {
-		return nil
-	}
 	d := c.cfg.Policy.DecideBound(Input{
-		Component: o.Component,
-		Owned:     t.storeID != 0 || t.member != "",
-		Owner:     t.ownerName(),
-		Facts:     facts,
-		Node:      node,
-		Pod:       c.podFacts(pod),
+		Component:     rec.Component,
+		Owned:         owned,
+		Owner:         rec.Owner(),
+		Unresolved:    unresolved,
+		UnresolvedFor: c.since(pvc.CreationTimestamp.Time),
+		Facts:         facts,
+		Node:          node,
+		Pod:           c.podFacts(pod),
 	})
-	klog.FromContext(ctx).V(4).Info("decided", "pv", pv.Name, "owner", t.ownerName(), "state", rec.state, "action", d.Action.String(), "reason", d.Reason)
+	klog.FromContext(ctx).V(4).Info("decided", "pv", pv.Name, "owner", rec.Owner(), "owned", owned, "state", ownerState(facts), "action", d.Action.String(), "reason", d.Reason)
 	return c.act(ctx, d, t)
 }
 
-// ownerFacts finds (or reads the recorded) store or member of the claim and
-// what PD says about it, setting t.storeID / t.member.
-func (c *Controller) ownerFacts(ctx context.Context, t *target, rec ownership) OwnerFacts {
-	switch t.component {
-	case ComponentTiKV:
-		stores, err := c.pd.storesCached(ctx, t.endpoint)
-		t.storeID = rec.store
-		if t.storeID == 0 && err == nil {
-			t.storeID, _ = storeOf(t.owner, stores)
-		}
-		if t.storeID == 0 {
-			return OwnerFacts{Err: err}
-		}
-		return storeFacts(stores, err, t.storeID)
-	default:
-		m, err := c.pd.membersCached(ctx, t.endpoint)
-		t.member = rec.member
-		if t.member == "" && err == nil {
-			t.member, _ = memberOf(t.owner, m)
-		}
-		if t.member == "" {
-			return OwnerFacts{Err: err}
-		}
-		return memberFacts(m, err, t.member)
+// since is how long ago t was; zero for an unset time.
+func (c *Controller) since(t time.Time) time.Duration {
+	if t.IsZero() {
+		return 0
 	}
+	return c.clock.Since(t)
+}
+
+// confirmOwner looks for the store or member PD confirms as the claim's
+// owner and, if there is one, starts a record for the claim.
+func (c *Controller) confirmOwner(ctx context.Context, endpoint string, o owner, rec provisioner.Ownership, pvc *corev1.PersistentVolumeClaim) (provisioner.Ownership, bool, string) {
+	now := c.clock.Now()
+	switch rec.Component {
+	case ComponentTiKV:
+		stores, err := c.pd.storesCached(ctx, endpoint)
+		if err != nil {
+			return rec, false, fmt.Sprintf("PD: %v", err)
+		}
+		s, why := confirmStore(o, stores)
+		if why != "" {
+			return rec, false, why
+		}
+		rec.StoreID, rec.ClusterID = s.ID, stores.clusterID
+		rec.State, rec.Seen = s.Phase().String(), now
+	default:
+		m, err := c.pd.membersCached(ctx, endpoint)
+		if err != nil {
+			return rec, false, fmt.Sprintf("PD: %v", err)
+		}
+		mem, why := confirmMember(o, m)
+		if why != "" {
+			return rec, false, why
+		}
+		rec.Member, rec.MemberID, rec.ClusterID = mem.Name, mem.MemberID, m.ClusterID
+		rec.State, rec.Seen, rec.Peers = "Up", now, memberIDs(m.Members)
+	}
+	rec.Claim = string(pvc.UID)
+	rec.ClaimName = pvc.Namespace + "/" + pvc.Name
+	return rec, true, ""
+}
+
+// recordedFacts is what PD (through the short cache) says of a recorded owner.
+func (c *Controller) recordedFacts(ctx context.Context, endpoint string, rec provisioner.Ownership) OwnerFacts {
+	if rec.Component == ComponentTiKV {
+		stores, err := c.pd.storesCached(ctx, endpoint)
+		f := storeFacts(stores, err, rec)
+		f.ClusterID = stores.clusterID
+		return f
+	}
+	m, err := c.pd.membersCached(ctx, endpoint)
+	f := memberFacts(m, err, rec)
+	f.ClusterID = m.ClusterID
+	return f
+}
+
+// refreshRecord notes what PD showed of a listed owner: its state, when,
+// its peers, and — for a record written before cluster IDs were recorded —
+// the cluster, once PD lists the owner under the recorded pod's address.
+// Unknown facts change nothing: the record keeps the last state seen.
+func refreshRecord(rec provisioner.Ownership, f OwnerFacts, now time.Time) provisioner.Ownership {
+	if !f.Known || f.Removed {
+		return rec
+	}
+	if rec.ClusterID == 0 {
+		ro := recordedOwner(rec)
+		switch {
+		case rec.Component == ComponentTiKV && addressNames(f.Store.Address, ro):
+			rec.ClusterID = f.ClusterID
+		case rec.Component == ComponentPD && f.Member.Name == rec.Member:
+			rec.ClusterID = f.ClusterID
+		}
+	}
+	rec.State, rec.Seen = f.Phase.String(), now
+	if rec.Component == ComponentPD {
+		rec.State, rec.Peers = "Up", memberIDs(f.Peers)
+		if rec.MemberID == 0 {
+			rec.MemberID = f.Member.MemberID
+		}
+	}
+	return rec
+}
+
+func memberIDs(ms []pd.Member) []uint64 {
+	ids := make([]uint64, 0, len(ms))
+	for _, m := range ms {
+		ids = append(ids, m.MemberID)
+	}
+	slices.Sort(ids)
+	return ids
 }
 
 func (c *Controller) syncReleased(ctx context.Context, pv *corev1.PersistentVolume, node NodeFacts) error {
-	t := target{pv: pv, node: node, component: pv.Labels[provisioner.LabelComponent]}
-	owned := provisioner.Owned(pv)
+	rec, _ := provisioner.OwnershipOf(pv)
+	owned, approved := provisioner.Owned(pv), provisioner.ReleaseApproved(pv)
+	t := target{pv: pv, node: node, component: pv.Labels[provisioner.LabelComponent], rec: rec, owner: recordedOwner(rec)}
 	var facts OwnerFacts
-	if owned && !provisioner.ReleaseApproved(pv) {
-		o := owner{Component: t.component, Cluster: pv.Labels[provisioner.LabelCluster], Namespace: pv.Spec.ClaimRef.Namespace,
-			Labels: map[string]string{labelInstance: pv.Labels[provisioner.LabelCluster], labelComponent: t.component}}
-		t.owner = o
-		rec := ownershipFor(pv, nil, o)
-		t.storeID, t.member = rec.store, rec.member
+	if owned && !approved {
 		var err error
-		if t.endpoint, err = c.endpoint(o); err != nil {
-			facts = OwnerFacts{Err: err}
-		} else if t.component == ComponentTiKV {
-			stores, err := c.pd.storesCached(ctx, t.endpoint)
-			facts = storeFacts(stores, err, t.storeID)
+		if t.endpoint, err = c.endpoint(t.owner); err != nil {
+			facts = OwnerFacts{Err: err, Why: unknownPD}
 		} else {
-			m, err := c.pd.membersCached(ctx, t.endpoint)
-			facts = memberFacts(m, err, t.member)
+			facts = c.recordedFacts(ctx, t.endpoint, rec)
+			// Keep watching the owner leave: only an owner last seen
+			// leaving may later count as gone when PD drops it.
+			t.rec = refreshRecord(rec, facts, c.clock.Now())
+			if err := c.writeOwnership(ctx, pv, t.rec); err != nil {
+				return err
+			}
 		}
 	}
-	d := c.cfg.Policy.DecideReleased(owned, provisioner.ReleaseApproved(pv), t.ownerName(), facts, t.component, node)
+	d := c.cfg.Policy.DecideReleased(ReleasedInput{
+		Component:     t.component,
+		Owned:         owned,
+		Approved:      approved,
+		ReclaimDelete: pv.Spec.PersistentVolumeReclaimPolicy == corev1.PersistentVolumeReclaimDelete,
+		Owner:         rec.Owner(),
+		Facts:         facts,
+		Node:          node,
+	})
 	return c.act(ctx, d, t)
 }
 
@@ -210,53 +294,26 @@ func (c *Controller) endpoint(o owner) (string, error) {
 	return c.cfg.PDTemplate.Render(o.Labels, o.Namespace)
 }
 
-// ownership is what is written on a PV about its owner.
-type ownership struct {
-	component, cluster, pod string
-	claim                   string
-	store                   uint64
-	member                  string
-	state                   string
-}
-
-// ownershipFor starts from what the PV records for its current claim and
-// refreshes what Kubernetes tells now.
-func ownershipFor(pv *corev1.PersistentVolume, pvc *corev1.PersistentVolumeClaim, o owner) ownership {
-	r := ownership{component: o.Component, cluster: o.Cluster}
-	if o.Pod != "" {
-		r.pod = o.Namespace + "/" + o.Pod
-	}
-	if provisioner.Owned(pv) {
-		r.claim = pv.Annotations[provisioner.AnnOwnerClaim]
-		r.store, _ = strconv.ParseUint(pv.Annotations[provisioner.AnnStoreID], 10, 64)
-		r.member = pv.Annotations[provisioner.AnnPDMember]
-		r.state = pv.Annotations[provisioner.AnnOwnerState]
-		if r.pod == "" {
-			r.pod = pv.Annotations[provisioner.AnnOwnerPod]
-		}
-	}
-	return r
-}
-
 // writeOwnership puts the ownership on the PV when it changed, so it
 // outlives the pod (DESIGN rule 6).
-func (c *Controller) writeOwnership(ctx context.Context, pv *corev1.PersistentVolume, r ownership) error {
-	want := map[string]string{
-		provisioner.LabelComponent: r.component,
-		provisioner.LabelCluster:   r.cluster,
+func (c *Controller) writeOwnership(ctx context.Context, pv *corev1.PersistentVolume, r provisioner.Ownership) error {
+	lbl := diff(pv.Labels, map[string]string{
+		provisioner.LabelComponent: r.Component,
+		provisioner.LabelCluster:   r.Cluster,
+	})
+	want := r.Annotations()
+	if !r.Valid() {
+		// Nothing confirmed for this claim: keep only who uses it.
+		want = map[string]string{provisioner.AnnOwnerPod: r.Pod}
+		if _, had := provisioner.OwnershipOf(pv); had && !provisioner.Owned(pv) {
+			// The record of an earlier claim goes; the agent keeps its copy.
+			for k := range (provisioner.Ownership{}).Annotations() {
+				want[k] = ""
+			}
+			want[provisioner.AnnOwnerPod] = r.Pod
+		}
 	}
-	wantAnn := map[string]string{
-		provisioner.AnnOwnerPod:   r.pod,
-		provisioner.AnnOwnerClaim: r.claim,
-		provisioner.AnnPDMember:   r.member,
-		provisioner.AnnOwnerState: r.state,
-		provisioner.AnnStoreID:    "",
-	}
-	if r.store != 0 {
-		wantAnn[provisioner.AnnStoreID] = strconv.FormatUint(r.store, 10)
-	}
-	lbl := diff(pv.Labels, want)
-	ann := diff(pv.Annotations, wantAnn)
+	ann := diff(pv.Annotations, want)
 	if len(lbl) == 0 && len(ann) == 0 {
 		return nil
 	}
@@ -275,13 +332,9 @@ func (c *Controller) writeOwnership(ctx context.Context, pv *corev1.PersistentVo
 	if err != nil {
 		return fmt.Errorf("record owner on PV %s: %w", pv.Name, err)
 	}
-	klog.FromContext(ctx).V(2).Info("recorded owner", "pv", pv.Name, "component", r.component, "pod", r.pod, "store", r.store, "member", r.member, "state", r.state)
-	if r.claim != "" && pv.Annotations[provisioner.AnnOwnerClaim] != r.claim {
-		owner := "PD member " + r.member
-		if r.store != 0 {
-			owner = fmt.Sprintf("TiKV store %d", r.store)
-		}
-		c.recorder.Event(pv, corev1.EventTypeNormal, ReasonOwnerRecorded, fmt.Sprintf("disk belongs to %s (pod %s, cluster %s)", owner, r.pod, r.cluster))
+	klog.FromContext(ctx).V(2).Info("recorded owner", "pv", pv.Name, "component", r.Component, "pod", r.Pod, "store", r.StoreID, "member", r.Member, "cluster", r.ClusterID, "state", r.State)
+	if r.Valid() && pv.Annotations[provisioner.AnnOwnerClaim] != r.Claim {
+		c.recorder.Event(pv, corev1.EventTypeNormal, ReasonOwnerRecorded, fmt.Sprintf("disk belongs to %s (pod %s, cluster %s, PD cluster %d), confirmed in PD", r.Owner(), r.Pod, r.Cluster, r.ClusterID))
 	}
 	return nil
 }
@@ -290,7 +343,8 @@ func (c *Controller) writeOwnership(ctx context.Context, pv *corev1.PersistentVo
 // remove keys.
 func diff(have, want map[string]string) map[string]any {
 	out := map[string]any{}
-	for k, v := range want {
+	for _, k := range slices.Sorted(maps.Keys(want)) {
+		v := want[k]
 		cur, ok := have[k]
 		switch {
 		case v == "" && ok:

@@ -39,6 +39,8 @@ type controllerOptions struct {
 	stuckPodGrace  time.Duration
 	workers        int
 	metricsAddress string
+
+	unresolvedGrace time.Duration
 }
 
 func newControllerCommand() *cobra.Command {
@@ -72,6 +74,7 @@ the owner is gone. Run two replicas; one holds the lease and acts.`,
 	f.DurationVar(&o.deadNodeGrace, "dead-node-grace", time.Minute, "how long a Node must stay deleted before its disks are acted on")
 	f.DurationVar(&o.notReady, "node-notready-threshold", 0, "treat a node NotReady this long as dead (0: off; only deleted nodes count)")
 	f.DurationVar(&o.stuckPodGrace, "stuck-pod-grace", 3*time.Minute, "how long a pod on a Tombstone store's disk may stay not Ready before its claim and the pod are deleted")
+	f.DurationVar(&o.unresolvedGrace, "owner-unresolved-warning", 5*time.Minute, "report a TiKV or PD claim whose owner is still not confirmed in PD after this long (0: never)")
 	f.IntVar(&o.workers, "workers", 4, "PVs reconciled in parallel")
 	f.StringVar(&o.metricsAddress, "metrics-address", ":9501", "address for /metrics, /healthz and /readyz")
 	return cmd
@@ -93,7 +96,7 @@ func (o *controllerOptions) config() (volumecontroller.Config, error) {
 		}
 		overrides[key] = url
 	}
-	if o.pollInterval <= 0 || o.workers <= 0 || o.deadNodeGrace < 0 || o.notReady < 0 || o.stuckPodGrace < 0 {
+	if o.pollInterval <= 0 || o.workers <= 0 || o.deadNodeGrace < 0 || o.notReady < 0 || o.stuckPodGrace < 0 || o.unresolvedGrace < 0 {
 		return volumecontroller.Config{}, fmt.Errorf("--pd-poll-interval and --workers must be positive, and the grace periods not negative")
 	}
 	if o.renewDeadline >= o.leaseDuration || o.retryPeriod >= o.renewDeadline {
@@ -102,6 +105,7 @@ func (o *controllerOptions) config() (volumecontroller.Config, error) {
 	return volumecontroller.Config{
 		Policy: volumecontroller.Policy{
 			DeadNodeGrace: o.deadNodeGrace, NotReadyThreshold: o.notReady, StuckPodGrace: o.stuckPodGrace,
+			UnresolvedGrace: o.unresolvedGrace,
 		},
 		PDTemplate:   tmpl,
 		PDOverrides:  overrides,

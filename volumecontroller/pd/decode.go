@@ -36,6 +36,8 @@ type wireStore struct {
 	NodeState     NodeState  `json:"node_state"`
 	StateName     string     `json:"state_name"`
 	LastHeartbeat int64      `json:"last_heartbeat"`
+	// StartTimestamp is when the TiKV process started, in Unix seconds.
+	StartTimestamp int64 `json:"start_timestamp"`
 }
 
 type wireStatus struct {
@@ -128,6 +130,9 @@ func (w wireStoreInfo) toStoreInfo() (StoreInfo, error) {
 	}
 	if st.LastHeartbeat > 0 {
 		s.LastHeartbeat = time.Unix(0, st.LastHeartbeat).UTC()
+	}
+	if st.StartTimestamp > 0 {
+		s.StartTime = time.Unix(st.StartTimestamp, 0).UTC()
 	}
 	if w.Status != nil {
 		if w.Status.RegionCount < 0 {

@@ -110,7 +110,9 @@ type StoreInfo struct {
 	// Disconnected and Down apart from Up (all three keep state 0).
 	StateName     string
 	LastHeartbeat time.Time
-	RegionCount   int
+	// StartTime is when the TiKV process started (zero when PD omits it).
+	StartTime   time.Time
+	RegionCount int
 }
 
 // PodName returns the first DNS label of the store's advertised address,

@@ -1,0 +1,157 @@
+package provisioner
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// More ownership keys (see AnnOwnerPod and the others in contract.go).
+const (
+	// AnnPDClusterID is the ID of the PD cluster the owner was confirmed
+	// in: an answer from a PD with another ID tells nothing about it.
+	AnnPDClusterID = "tidb-localpv.io/pd-cluster-id"
+	// AnnPDMemberID is the PD member's member_id.
+	AnnPDMemberID = "tidb-localpv.io/pd-member-id"
+	// AnnPDPeers lists the member_ids PD listed beside the owning member
+	// when it was last seen. A member gone from a membership that carries
+	// on was removed; one gone together with all of its peers vanished
+	// with its PD (rebuilt or recovered), which tells nothing.
+	AnnPDPeers = "tidb-localpv.io/pd-peers"
+	// AnnOwnerSeen is when the owner was last seen in PD (RFC 3339), in
+	// the state AnnOwnerState records.
+	AnnOwnerSeen = "tidb-localpv.io/owner-seen"
+)
+
+// Ownership is the volume-controller's record of whose data a disk holds:
+// the TiKV store or PD member confirmed in PD for one claim. The controller
+// writes it on the PV; the node agent keeps a copy with the disk's
+// identity where no pod can reach it, so that deleting or relabelling the
+// PV never turns an owned disk into one that may be wiped.
+type Ownership struct {
+	Component string `json:"component"`
+	Cluster   string `json:"cluster,omitempty"`
+	// Pod is "<namespace>/<name>" of the pod that used the claim.
+	Pod string `json:"pod,omitempty"`
+	// Claim is the UID of the claim the record is for; ClaimName is
+	// "<namespace>/<name>", which the agent needs to re-create a PV that
+	// waits for the controller's approval.
+	Claim     string `json:"claim"`
+	ClaimName string `json:"claimName,omitempty"`
+	StoreID   uint64 `json:"storeID,omitempty"`
+	Member    string `json:"member,omitempty"`
+	MemberID  uint64 `json:"memberID,omitempty"`
+	// ClusterID is the PD cluster ID (a uint64 that may exceed 2^53).
+	ClusterID uint64 `json:"clusterID,string,omitempty"`
+	// State is the owner's state when last seen in PD, at Seen.
+	State string    `json:"state,omitempty"`
+	Seen  time.Time `json:"seen,omitempty"`
+	Peers []uint64  `json:"peers,omitempty"`
+}
+
+// Owner names the owner for messages: "TiKV store 7", "PD member pd-2".
+func (o Ownership) Owner() string {
+	if o.Member != "" {
+		return "PD member " + o.Member
+	}
+	return fmt.Sprintf("TiKV store %d", o.StoreID)
+}
+
+// Valid reports whether the record names an owner for a claim.
+func (o Ownership) Valid() bool {
+	return o.Claim != "" && (o.StoreID != 0 || o.Member != "")
+}
+
+// Leaving reports whether the owner was last seen on its way out of PD
+// (a store Offline or Tombstone): only such an owner that then vanishes
+// from its own cluster's PD counts as gone.
+func (o Ownership) Leaving() bool {
+	return o.State == "Offline" || o.State == "Tombstone"
+}
+
+// OwnershipOf reads the record on pv, whatever claim it is for; ok is false
+// when pv records no owner at all.
+func OwnershipOf(pv *corev1.PersistentVolume) (Ownership, bool) {
+	a := pv.Annotations
+	o := Ownership{
+		Component: pv.Labels[LabelComponent],
+		Cluster:   pv.Labels[LabelCluster],
+		Pod:       a[AnnOwnerPod],
+		Claim:     a[AnnOwnerClaim],
+		Member:    a[AnnPDMember],
+		State:     a[AnnOwnerState],
+	}
+	o.StoreID, _ = strconv.ParseUint(a[AnnStoreID], 10, 64)
+	o.MemberID, _ = strconv.ParseUint(a[AnnPDMemberID], 10, 64)
+	o.ClusterID, _ = strconv.ParseUint(a[AnnPDClusterID], 10, 64)
+	if t, err := time.Parse(time.RFC3339, a[AnnOwnerSeen]); err == nil {
+		o.Seen = t
+	}
+	for _, p := range strings.Split(a[AnnPDPeers], ",") {
+		if id, err := strconv.ParseUint(strings.TrimSpace(p), 10, 64); err == nil && id != 0 {
+			o.Peers = append(o.Peers, id)
+		}
+	}
+	if ref := pv.Spec.ClaimRef; ref != nil && string(ref.UID) == o.Claim {
+		o.ClaimName = ref.Namespace + "/" + ref.Name
+	}
+	return o, o.Valid()
+}
+
+// Annotations renders the record as PV annotations; empty values mean
+// "remove the key" in a merge patch.
+func (o Ownership) Annotations() map[string]string {
+	out := map[string]string{
+		AnnOwnerPod:    o.Pod,
+		AnnOwnerClaim:  o.Claim,
+		AnnStoreID:     "",
+		AnnPDMember:    o.Member,
+		AnnPDMemberID:  "",
+		AnnPDClusterID: "",
+		AnnOwnerState:  o.State,
+		AnnOwnerSeen:   "",
+		AnnPDPeers:     "",
+	}
+	if o.StoreID != 0 {
+		out[AnnStoreID] = strconv.FormatUint(o.StoreID, 10)
+	}
+	if o.MemberID != 0 {
+		out[AnnPDMemberID] = strconv.FormatUint(o.MemberID, 10)
+	}
+	if o.ClusterID != 0 {
+		out[AnnPDClusterID] = strconv.FormatUint(o.ClusterID, 10)
+	}
+	if !o.Seen.IsZero() {
+		out[AnnOwnerSeen] = o.Seen.UTC().Format(time.RFC3339)
+	}
+	if len(o.Peers) > 0 {
+		peers := slices.Clone(o.Peers)
+		slices.Sort(peers)
+		s := make([]string, len(peers))
+		for i, p := range peers {
+			s[i] = strconv.FormatUint(p, 10)
+		}
+		out[AnnPDPeers] = strings.Join(s, ",")
+	}
+	return out
+}
+
+// MarshalRecord and UnmarshalRecord are the agent's on-disk form.
+func (o Ownership) MarshalRecord() ([]byte, error) { return json.Marshal(o) }
+
+// UnmarshalRecord decodes what MarshalRecord wrote and checks it names an owner.
+func UnmarshalRecord(data []byte) (Ownership, error) {
+	var o Ownership
+	if err := json.Unmarshal(data, &o); err != nil {
+		return Ownership{}, fmt.Errorf("decode ownership record: %w", err)
+	}
+	if !o.Valid() {
+		return Ownership{}, fmt.Errorf("ownership record names no owner")
+	}
+	return o, nil
+}

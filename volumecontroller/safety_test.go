@@ -1,0 +1,333 @@
+package volumecontroller
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/utils/ptr"
+
+	"github.com/tidb-localpv/tidb-localpv/provisioner"
+	"github.com/tidb-localpv/tidb-localpv/volumecontroller/pd"
+)
+
+// Issue 7 scenarios: each test tries to lead the controller into releasing
+// a disk whose data a store still needs.
+
+// restartPod makes the cached TiKV pod a new incarnation: started at
+// started, Ready as given.
+func (w *world) restartPod(started time.Time, ready bool) {
+	w.t.Helper()
+	pod, err := w.client.CoreV1().Pods(ns).Get(w.ctx, podN, metav1.GetOptions{})
+	require.NoError(w.t, err)
+	fresh := tikvPod(pod.UID, ready)
+	fresh.ResourceVersion = pod.ResourceVersion
+	fresh.Labels = pod.Labels
+	fresh.Status.StartTime = ptr.To(metav1.NewTime(started))
+	fresh.Status.Conditions[0].LastTransitionTime = metav1.NewTime(started)
+	_, err = w.client.CoreV1().Pods(ns).UpdateStatus(w.ctx, fresh, metav1.UpdateOptions{})
+	require.NoError(w.t, err)
+	require.Eventually(w.t, func() bool {
+		p, err := w.c.podLister.Pods(ns).Get(podN)
+		return err == nil && p.Status.StartTime.Equal(fresh.Status.StartTime)
+	}, 5*time.Second, time.Millisecond)
+}
+
+func (w *world) podDeletes() int {
+	n := 0
+	for _, a := range w.client.Actions() {
+		if a.GetVerb() == "delete" && a.GetResource().Resource == "pods" {
+			n++
+		}
+	}
+	return n
+}
+
+func (w *world) storeAt(id uint64, state string, heartbeat time.Time) {
+	w.pd.mu.Lock()
+	s := w.pd.stores[id]
+	s.ID, s.Address, s.LastHeartbeat = id, "demo-tikv-3.demo-tikv-peer.tidb.svc:20160", heartbeat
+	w.pd.stores[id] = s
+	w.pd.mu.Unlock()
+	w.pd.set(id, state)
+}
+
+func TestSync_ANewClaimIsNeverRecordedAsOwnedByItsPodsPreviousStore(t *testing.T) {
+	for _, prev := range []struct {
+		state     string
+		heartbeat time.Duration // relative to testNow; the pod started a minute ago
+	}{
+		{"Up", -time.Hour},           // died seconds ago: PD has not noticed yet
+		{"Disconnected", -time.Hour}, // node died
+		{"Down", -time.Hour},         // node died long ago
+		{"Offline", -time.Hour},      // offlined by the operator, not yet buried
+		{"Offline", 0},               // offlined, old process still heartbeating elsewhere
+	} {
+		for _, label := range []bool{false, true} {
+			state := prev.state
+			t.Run(fmt.Sprintf("%s, heartbeat %s%s", state, prev.heartbeat, map[bool]string{false: "", true: ", with TiDB Operator's store-id label"}[label]), func(t *testing.T) {
+				objs := tikvObjects(true)
+				pod := objs[3].(*corev1.Pod)
+				pod.Status.StartTime = ptr.To(metav1.NewTime(testNow.Add(-time.Minute)))
+				if label {
+					pod.Labels[labelStoreID] = "7"
+				}
+				w := newWorld(t, objs...)
+				// Store 7 is the pod's previous incarnation on a dead node:
+				// it last heartbeated before this pod started.
+				w.storeAt(7, state, testNow.Add(prev.heartbeat))
+				require.NoError(t, w.sync())
+				pv := w.pv()
+				require.False(t, provisioner.Owned(pv), "store 7 must not become the owner of the new pod's disk")
+				require.Empty(t, pv.Annotations[provisioner.AnnStoreID])
+
+				// Store 7 is buried; the pod registers as store 12.
+				w.pd.set(7, "Tombstone")
+				w.storeAt(12, "Up", testNow)
+				require.NoError(t, w.sync())
+				require.Equal(t, "12", w.pv().Annotations[provisioner.AnnStoreID])
+
+				// The pod restarts on store 12's disk and is not Ready for a
+				// long time: nothing of store 12 is released.
+				w.clock.Step(time.Hour)
+				w.restartPod(testNow.Add(time.Minute), false)
+				w.storeAt(12, "Up", testNow.Add(2*time.Minute))
+				require.NoError(t, w.sync())
+				require.Empty(t, w.claimDeletes())
+				require.Zero(t, w.podDeletes())
+			})
+		}
+	}
+}
+
+func TestSync_AStoreIDLabelNamingAnotherPodsStoreIsNotConfirmed(t *testing.T) {
+	objs := tikvObjects(true)
+	objs[3].(*corev1.Pod).Labels[labelStoreID] = "1" // demo-tikv-0's store
+	w := newWorld(t, objs...)
+	w.pd.mu.Lock()
+	delete(w.pd.stores, 7)
+	w.pd.mu.Unlock()
+	require.NoError(t, w.sync())
+	require.False(t, provisioner.Owned(w.pv()))
+}
+
+func TestSync_ReleaseIsRefusedWhileALiveStoreAdvertisesTheOwnerPodsAddress(t *testing.T) {
+	w := newWorld(t, tikvObjects(true)...)
+	w.recordOwner()
+	w.removePod()
+	// A record written wrongly (e.g. by an older version): store 7 is
+	// Tombstone, but store 12 at the same pod's address is alive, and no
+	// other disk records store 12.
+	w.pd.set(7, "Tombstone")
+	w.storeAt(12, "Up", testNow)
+	require.NoError(t, w.sync())
+	require.Empty(t, w.claimDeletes())
+	require.Contains(t, w.events(), "store 12")
+	require.Equal(t, 1.0, testutilValue(w.c.metrics.refusals.WithLabelValues("live-store-at-address")))
+
+	// Once another disk records store 12, its data is accounted for.
+	other := tikvObjects(false)[0].(*corev1.PersistentVolume).DeepCopy()
+	other.Name, other.UID = "tlpv-node-b-disk0-abcdef01", "pv-2"
+	other.Spec.ClaimRef = &corev1.ObjectReference{Namespace: ns, Name: "tikv-demo-tikv-3-new", UID: "claim-2"}
+	rec := provisioner.Ownership{Component: ComponentTiKV, Claim: "claim-2", StoreID: 12, ClusterID: testClusterID, State: "Up"}
+	for k, v := range rec.Annotations() {
+		if v != "" {
+			other.Annotations[k] = v
+		}
+	}
+	_, err := w.client.CoreV1().PersistentVolumes().Create(w.ctx, other, metav1.CreateOptions{})
+	require.NoError(t, err)
+	require.NoError(t, w.sync())
+	require.Len(t, w.claimDeletes(), 1)
+}
+
+func TestSync_AnotherClustersPDIsUnknownAndNamesBothIDs(t *testing.T) {
+	w := newWorld(t, tikvObjects(true)...)
+	w.recordOwner()
+	require.Equal(t, "7714128303309438701", w.pv().Annotations[provisioner.AnnPDClusterID], "the cluster ID is recorded exactly (it exceeds 2^53)")
+	w.removePod()
+	// PD is rebuilt with a new cluster ID and one fresh store (or the
+	// template resolves to another cluster's PD): store 7 is not there.
+	w.pd.mu.Lock()
+	w.pd.cluster = 42
+	w.pd.stores = map[uint64]pd.StoreInfo{1: {ID: 1, Address: "demo-tikv-0.demo-tikv-peer.tidb.svc:20160", StateName: "Up", LastHeartbeat: testNow}}
+	w.pd.mu.Unlock()
+	w.clock.Step(time.Hour)
+	require.NoError(t, w.sync())
+	require.Empty(t, w.claimDeletes())
+	ev := w.events()
+	require.Contains(t, ev, "42")
+	require.Contains(t, ev, "7714128303309438701")
+	require.Equal(t, 1.0, testutilValue(w.c.metrics.refusals.WithLabelValues(unknownCluster)))
+}
+
+func TestSync_AStoreThatVanishesWithoutBeingSeenLeavingIsNotGone(t *testing.T) {
+	w := newWorld(t, tikvObjects(true)...)
+	w.recordOwner()
+	w.removePod()
+	// pd-recover brings the stores back one by one: store 7 (last seen Up)
+	// is not listed yet, store 1 is.
+	w.pd.mu.Lock()
+	delete(w.pd.stores, 7)
+	w.pd.mu.Unlock()
+	w.clock.Step(time.Hour)
+	require.NoError(t, w.sync())
+	require.Empty(t, w.claimDeletes())
+	require.Contains(t, w.events(), "last seen Up")
+	require.Equal(t, 1.0, testutilValue(w.c.metrics.refusals.WithLabelValues(unknownVanished)))
+
+	// Seen leaving, then dropped (remove-tombstone): gone.
+	w.storeAt(7, "Offline", testNow)
+	require.NoError(t, w.sync())
+	require.Equal(t, "Offline", w.pv().Annotations[provisioner.AnnOwnerState])
+	w.pd.mu.Lock()
+	delete(w.pd.stores, 7)
+	w.pd.mu.Unlock()
+	require.NoError(t, w.sync())
+	require.Len(t, w.claimDeletes(), 1)
+}
+
+func TestSync_AnApprovedReleasedPVSetBackToRetainIsRecycled(t *testing.T) {
+	w := newWorld(t, tikvObjects(true)...)
+	w.recordOwner()
+	w.removePod()
+	w.pd.set(7, "Tombstone")
+	require.NoError(t, w.sync())
+	require.Len(t, w.claimDeletes(), 1)
+	// TiDB Operator patches its pvReclaimPolicy back while the claim goes.
+	pv := w.pv()
+	pv.Spec.PersistentVolumeReclaimPolicy = corev1.PersistentVolumeReclaimRetain
+	pv.Status.Phase = corev1.VolumeReleased
+	pv, err := w.client.CoreV1().PersistentVolumes().Update(w.ctx, pv, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	_, err = w.client.CoreV1().PersistentVolumes().UpdateStatus(w.ctx, pv, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	require.NoError(t, w.sync())
+	require.Equal(t, corev1.PersistentVolumeReclaimDelete, w.pv().Spec.PersistentVolumeReclaimPolicy)
+}
+
+func TestSync_ARetainPVWithoutApprovalIsNeverSetToDelete(t *testing.T) {
+	w := newWorld(t, tikvObjects(true)...)
+	w.recordOwner()
+	w.removePod()
+	pv := w.pv()
+	pv.Status.Phase = corev1.VolumeReleased
+	// A forged approval for another claim does not count.
+	pv.Annotations[provisioner.AnnReleaseApproved] = "some-other-claim"
+	_, err := w.client.CoreV1().PersistentVolumes().UpdateStatus(w.ctx, pv, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	require.NoError(t, w.sync())
+	require.Equal(t, corev1.PersistentVolumeReclaimRetain, w.pv().Spec.PersistentVolumeReclaimPolicy)
+	require.Contains(t, w.events(), "keeps its data")
+}
+
+func TestSync_ATiKVClaimWhoseOwnerStaysUnknownIsNeverSetToDeleteAndIsReported(t *testing.T) {
+	objs := tikvObjects(true)
+	objs[1].(*corev1.PersistentVolumeClaim).CreationTimestamp = metav1.NewTime(testNow)
+	w := newWorld(t, objs...)
+	w.c.cfg.Policy.UnresolvedGrace = 5 * time.Minute
+	// The pod's store never registers (wrong endpoint, PD refusing it).
+	w.pd.mu.Lock()
+	delete(w.pd.stores, 7)
+	w.pd.mu.Unlock()
+	require.NoError(t, w.sync())
+	require.NotContains(t, w.events(), ReasonRefused)
+	w.clock.Step(time.Hour)
+	require.NoError(t, w.sync())
+	require.Contains(t, w.events(), "no tikv owner confirmed")
+	require.Equal(t, corev1.PersistentVolumeReclaimRetain, w.pv().Spec.PersistentVolumeReclaimPolicy)
+
+	// The claim is deleted: still Retain, still its data.
+	w.removePod()
+	pv := w.pv()
+	pv.Status.Phase = corev1.VolumeReleased
+	_, err := w.client.CoreV1().PersistentVolumes().UpdateStatus(w.ctx, pv, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	require.NoError(t, w.sync())
+	require.Equal(t, corev1.PersistentVolumeReclaimRetain, w.pv().Spec.PersistentVolumeReclaimPolicy)
+	require.Contains(t, w.events(), "no owner was ever confirmed")
+}
+
+func TestSync_APlainClaimsPVIsSetToDeleteOnlyAfterAFreshLookAtItsPods(t *testing.T) {
+	plainWorld := func(t *testing.T, podLabels map[string]string) *world {
+		objs := tikvObjects(false)
+		objs[1].(*corev1.PersistentVolumeClaim).Labels = nil
+		pod := tikvPod("web-uid", true)
+		pod.Name, pod.Labels, pod.OwnerReferences = "web-0", podLabels, nil
+		return newWorld(t, append(objs, pod)...)
+	}
+	t.Run("a web server's claim recycles", func(t *testing.T) {
+		w := plainWorld(t, map[string]string{"app": "web"})
+		require.NoError(t, w.sync())
+		require.Equal(t, corev1.PersistentVolumeReclaimDelete, w.pv().Spec.PersistentVolumeReclaimPolicy)
+		require.Contains(t, w.events(), ReasonReclaimDelete)
+	})
+	for name, lbl := range map[string]map[string]string{
+		"v1 labels": {labelComponent: "tikv"},
+		"v2 labels": {"pingcap.com/component": "tikv"},
+	} {
+		t.Run("an unlabelled claim used by a TiKV pod with "+name+" stays Retain", func(t *testing.T) {
+			w := plainWorld(t, lbl)
+			// The pod cache has not seen the pod (v2 labels are not cached;
+			// a v1 pod may be late): only the fresh list tells.
+			require.NoError(t, w.c.podInf.GetIndexer().Delete(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web-0"}}))
+			require.NoError(t, w.c.sync(w.ctx, pvName))
+			require.Equal(t, corev1.PersistentVolumeReclaimRetain, w.pv().Spec.PersistentVolumeReclaimPolicy)
+		})
+	}
+	t.Run("a claim no pod uses yet stays Retain", func(t *testing.T) {
+		objs := tikvObjects(false)
+		objs[1].(*corev1.PersistentVolumeClaim).Labels = nil
+		w := newWorld(t, objs...)
+		require.NoError(t, w.sync())
+		require.Equal(t, corev1.PersistentVolumeReclaimRetain, w.pv().Spec.PersistentVolumeReclaimPolicy)
+	})
+}
+
+func TestSync_APDMemberUnderOperatorV2IsMatchedByMemberIDThenInstanceName(t *testing.T) {
+	objs := tikvObjects(true)
+	pvc := objs[1].(*corev1.PersistentVolumeClaim)
+	pod := objs[3].(*corev1.Pod)
+	for _, l := range []map[string]string{pvc.Labels, pod.Labels} {
+		l[labelComponent] = "pd"
+		l[labelV2Instance] = "demo-7axwci"
+	}
+	pod.Labels[labelMemberID] = "202"
+	w := newWorld(t, objs...)
+	w.pd.members = []pd.Member{
+		{Name: "demo-pd-0", MemberID: 101},
+		{Name: "demo-7axwci", MemberID: 202}, // v2: named after the instance, not the pod
+		{Name: "demo-x1", MemberID: 303},
+	}
+	require.NoError(t, w.sync())
+	pv := w.pv()
+	require.Equal(t, "demo-7axwci", pv.Annotations[provisioner.AnnPDMember])
+	require.Equal(t, "202", pv.Annotations[provisioner.AnnPDMemberID])
+	require.Equal(t, "101,202,303", pv.Annotations[provisioner.AnnPDPeers])
+
+	// Removed from a membership that carries on: released.
+	w.removePod()
+	w.pd.members = []pd.Member{{Name: "demo-pd-0", MemberID: 101}, {Name: "demo-x1", MemberID: 303}}
+	require.NoError(t, w.sync())
+	require.Len(t, w.claimDeletes(), 1)
+}
+
+func TestSync_APDMemberIDLabelForAnotherMemberIsNotConfirmed(t *testing.T) {
+	objs := tikvObjects(true)
+	for _, l := range []map[string]string{objs[1].(*corev1.PersistentVolumeClaim).Labels, objs[3].(*corev1.Pod).Labels} {
+		l[labelComponent] = "pd"
+	}
+	objs[3].(*corev1.Pod).Labels[labelMemberID] = "101"
+	w := newWorld(t, objs...)
+	w.pd.members = []pd.Member{{Name: "demo-pd-0", MemberID: 101}}
+	require.NoError(t, w.sync())
+	require.False(t, provisioner.Owned(w.pv()))
+}
+
+var _ = runtime.Object(nil)
+var _ = k8stesting.Action(nil)
