@@ -119,7 +119,7 @@ func listStores(ctx context.Context, c PD) (storeIndex, error) {
 type storeIndex struct {
 	clusterID uint64
 	byID      map[uint64]pd.StoreInfo
-	byPod map[string][]pd.StoreInfo
+	byPod     map[string][]pd.StoreInfo
 }
 
 func indexStores(list []pd.StoreInfo) storeIndex {

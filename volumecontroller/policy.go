@@ -130,8 +130,8 @@ type Input struct {
 	Unresolved    string
 	UnresolvedFor time.Duration
 	Facts         OwnerFacts
-	Node  NodeFacts
-	Pod   PodFacts
+	Node          NodeFacts
+	Pod           PodFacts
 }
 
 func (p Policy) nodeDead(n NodeFacts) (bool, string) {
