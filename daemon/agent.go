@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	"k8s.io/mount-utils"
+	"k8s.io/utils/clock"
 	utilexec "k8s.io/utils/exec"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v9/controller"
 
@@ -67,6 +68,9 @@ type Deps struct {
 	Exec     utilexec.Interface
 	Sizer    discovery.Sizer
 	Registry prometheus.Registerer
+	// Clock times how long a disk with data has had no PV; nil is the
+	// real clock.
+	Clock clock.Clock
 }
 
 // OSDeps returns Deps backed by the real host.
@@ -110,6 +114,9 @@ type Agent struct {
 	mu        sync.Mutex
 	busy      map[string]string // disk ID being wiped → its path, once located
 	inventory []discovery.ValidEntry
+	// orphanSince is when a disk holding data was first confirmed (by a
+	// fresh API read) to have no PV; it is wiped only a resync period later.
+	orphanSince map[string]time.Time
 
 	ready atomic.Bool
 }
@@ -165,9 +172,13 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 			Mounts: deps.Mounts, Mounter: deps.Mounter, Exec: deps.Exec,
 			StateDir: cfg.StateDir, FSMode: cfg.FSWipe, BlockCommand: cfg.BlockWipeCommand,
 		},
-		blocks:  discovery.BlockIdentity{ByIDDir: cfg.ByIDDir, SysBlockDir: cfg.SysBlockDir},
-		metrics: newMetrics(deps.Registry),
-		busy:    map[string]string{},
+		blocks:      discovery.BlockIdentity{ByIDDir: cfg.ByIDDir, SysBlockDir: cfg.SysBlockDir},
+		metrics:     newMetrics(deps.Registry),
+		busy:        map[string]string{},
+		orphanSince: map[string]time.Time{},
+	}
+	if a.deps.Clock == nil {
+		a.deps.Clock = clock.RealClock{}
 	}
 	a.pvInf = ownPVs.Core().V1().PersistentVolumes().Informer()
 	a.pvLister = ownPVs.Core().V1().PersistentVolumes().Lister()

@@ -23,6 +23,12 @@ const (
 	ReasonPrepared        = "DiskPrepared"
 	ReasonMissingClass    = "StorageClassMissing"
 	ReasonInventoryBroken = "InvalidInventory"
+	// ReasonOwnedDiskRepublished: an owned disk without a PV got one back, waiting for approval.
+	ReasonOwnedDiskRepublished = "OwnedDiskRepublished"
+	// ReasonOwnerRestored: a PV lost its ownership record and got it back from the node's copy.
+	ReasonOwnerRestored = "OwnerRecordRestored"
+	// ReasonWipeRefused: the node's ownership record forbids the wipe.
+	ReasonWipeRefused = "WipeRefused"
 )
 
 // reporter records events, once per distinct (object, reason, message) for

@@ -30,6 +30,9 @@ const (
 	stateMissing     = "missing"
 	stateForeign     = "foreign"
 	stateUnpublished = "unpublished"
+	// stateOrphan: holds data, no PV; waiting out the resync period
+	// before the wipe (reported as unpublished).
+	stateOrphan = "orphan"
 )
 
 // found is a disk with its identity read.
@@ -91,6 +94,17 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	var errs []error
 	requeue := false
 
+	// Keep the controller's ownership records where no pod can reach them,
+	// and put one back on a PV that lost it.
+	for _, pv := range pvs {
+		if err := a.keepOwner(ctx, pv); err != nil {
+			errs = append(errs, err)
+		}
+		if err := a.restoreOwner(ctx, pv); err != nil {
+			errs = append(errs, err)
+		}
+	}
+
 	// PVs first: a disk replaced at the same path can be published only
 	// once its predecessor's unbound PV is gone.
 	for _, pv := range pvs {
@@ -104,6 +118,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		}
 	}
 
+	orphans := map[string]bool{}
 	for _, d := range disks {
 		state, again, err := a.syncDisk(ctx, d, byID, byPath)
 		if err != nil {
@@ -111,11 +126,24 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		}
 		requeue = requeue || again
 		counts[[2]string{d.Class, state}]++
+		if state == stateOrphan {
+			orphans[d.ID] = true
+		}
 	}
+	a.mu.Lock()
+	for id := range a.orphanSince {
+		if !orphans[id] {
+			delete(a.orphanSince, id) // it has a PV again, or is gone
+		}
+	}
+	a.mu.Unlock()
 
 	a.metrics.disks.Reset()
 	for k, n := range counts {
-		a.metrics.disks.WithLabelValues(k[0], k[1]).Set(n)
+		if k[1] == stateOrphan {
+			k[1] = stateUnpublished
+		}
+		a.metrics.disks.WithLabelValues(k[0], k[1]).Add(n)
 	}
 	if requeue {
 		a.queue.AddAfter(reconcileKey, 500*time.Millisecond)
@@ -239,11 +267,9 @@ func (a *Agent) syncDisk(ctx context.Context, d found, byID, byPath map[string]*
 		return stateUnpublished, false, nil
 	}
 	if d.Wiping || d.HasData {
-		// Rule 3: a disk with data whose PV is gone is wiped before reuse.
-		if err := a.startOrphanWipe(ctx, d); err != nil {
-			return stateUnpublished, false, err
-		}
-		return stateWiping, false, nil
+		// Rule 3: a disk with data whose PV is gone is wiped before reuse —
+		// unless it is owned, or anything still names it.
+		return a.syncOrphan(ctx, d)
 	}
 	created, err := a.publish(ctx, d)
 	if apierrors.IsAlreadyExists(err) {

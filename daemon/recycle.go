@@ -2,15 +2,18 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
 	"github.com/tidb-localpv/tidb-localpv/discovery"
@@ -44,8 +47,34 @@ func (a *Agent) Recycle(ctx context.Context, pv *corev1.PersistentVolume) error 
 			fmt.Sprintf("disk %s is not at %s on node %s; the PV goes without a wipe, and the disk is wiped before reuse if it comes back", id, pv.Spec.Local.Path, a.cfg.NodeName))
 		return nil
 	}
+	if err := a.checkOwnerApproval(pv); err != nil {
+		a.events.event(pv, corev1.EventTypeWarning, ReasonWipeRefused, err.Error())
+		return err
+	}
 	a.holdPath(id, d.Path)
-	return a.wipe(ctx, d, pv)
+	if err := a.wipe(ctx, d, pv); err != nil {
+		return err
+	}
+	return a.forgetOwner(id)
+}
+
+// checkOwnerApproval refuses the wipe of a disk whose node-side ownership
+// record names an owner, unless the controller approved the wipe for the
+// very claim recorded: the PV's own annotations may have been edited, the
+// node's record cannot have been.
+func (a *Agent) checkOwnerApproval(pv *corev1.PersistentVolume) error {
+	rec, owned, err := a.ownerRecord(pv.Labels[provisioner.LabelDisk])
+	switch {
+	case err != nil:
+		return fmt.Errorf("disk of PV %s is not wiped: %w", pv.Name, err)
+	case !owned:
+		return nil
+	case pv.Spec.ClaimRef == nil || string(pv.Spec.ClaimRef.UID) != rec.Claim:
+		return fmt.Errorf("disk of PV %s holds the data of %s for claim %s (UID %s), not for the PV's claim; not wiped — the volume-controller can approve only the recorded claim", pv.Name, rec.Owner(), rec.ClaimName, rec.Claim)
+	case !provisioner.ReleaseApproved(pv):
+		return fmt.Errorf("disk of PV %s holds the data of %s; not wiped until the volume-controller confirms in PD that it is gone", pv.Name, rec.Owner())
+	}
+	return nil
 }
 
 // locate finds the disk with identity id, looking first where the PV says.
@@ -113,25 +142,204 @@ func (a *Agent) wipe(ctx context.Context, d found, pv *corev1.PersistentVolume) 
 	return nil
 }
 
-// startOrphanWipe wipes a disk that holds data (or an unfinished wipe) and
-// has no PV, in the background so other disks are not held up. Right before,
-// it asks the API server — not the node-scoped cache — whether any PV in the
-// cluster names the disk: a PV elsewhere means the disk is not an orphan.
-func (a *Agent) startOrphanWipe(ctx context.Context, d found) error {
-	sel := labels.Set{provisioner.LabelDisk: d.ID}.String()
-	list, err := a.deps.Client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{LabelSelector: sel})
+// syncOrphan handles a disk that holds data (or an unfinished wipe) and
+// has no PV in the node's cache. Right before anything, it asks the API
+// server — not the node-scoped cache — for every PV in the cluster: a PV
+// anywhere naming the disk, or a PV of this node naming its path (whatever
+// its labels: a GitOps tool may have stripped ours), means the disk is not
+// an orphan, and it is neither wiped nor published. A disk whose owner was
+// ever recorded gets its PV back, bound to the recorded claim, and waits
+// for the volume-controller's approval like any released disk; any other
+// is wiped once its absence has lasted a resync period.
+func (a *Agent) syncOrphan(ctx context.Context, d found) (state string, requeue bool, err error) {
+	rec, owned, err := a.ownerRecord(d.ID)
 	if err != nil {
-		return fmt.Errorf("check PVs of disk %s before wiping: %w", d.ID, err)
-	}
-	if len(list.Items) > 0 {
-		var names []string
-		for _, pv := range list.Items {
-			names = append(names, fmt.Sprintf("%s (node %s)", pv.Name, pv.Labels[provisioner.LabelNode]))
-		}
 		a.events.once("disk/"+d.Path, a.nodeRef(), ReasonDiskConflict,
-			fmt.Sprintf("disk %s at %s holds data and is named by PV %s; not wiped, not published", d.ID, d.Path, strings.Join(names, ", ")))
+			fmt.Sprintf("disk %s at %s holds data and its ownership record cannot be read (%v); not wiped, not published", d.ID, d.Path, err))
+		return stateUnpublished, false, err
+	}
+	if named, err := a.namedByAnyPV(ctx, d); err != nil || named {
+		return stateUnpublished, false, err
+	}
+	if owned {
+		if err := a.republishForApproval(ctx, d, rec); err != nil {
+			return stateUnpublished, false, err
+		}
+		return stateReleased, false, nil
+	}
+	now := a.deps.Clock.Now()
+	a.mu.Lock()
+	since, seen := a.orphanSince[d.ID]
+	if !seen {
+		since = now
+		a.orphanSince[d.ID] = now
+	}
+	a.mu.Unlock()
+	if wait := a.cfg.ResyncPeriod - now.Sub(since); wait > 0 {
+		if !seen {
+			klog.FromContext(ctx).Info("disk holds data and has no PV; wiping it if that lasts", "path", d.Path, "disk", d.ID, "after", wait)
+		}
+		a.queue.AddAfter(reconcileKey, wait)
+		return stateOrphan, false, nil
+	}
+	if err := a.startOrphanWipe(ctx, d); err != nil {
+		return stateUnpublished, false, err
+	}
+	return stateWiping, false, nil
+}
+
+// namedByAnyPV lists every PV afresh and reports (with an event) one that
+// names the disk by identity anywhere, or by path on this node.
+func (a *Agent) namedByAnyPV(ctx context.Context, d found) (bool, error) {
+	list, err := a.deps.Client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return false, fmt.Errorf("check PVs of disk %s before touching it: %w", d.ID, err)
+	}
+	hostname := a.node().Hostname
+	var names []string
+	for i := range list.Items {
+		pv := &list.Items[i]
+		samePath := localPath(pv) == d.Path && onNode(pv, a.cfg.NodeName, hostname)
+		if pv.Labels[provisioner.LabelDisk] != d.ID && !samePath {
+			continue
+		}
+		desc := fmt.Sprintf("%s (node %s)", pv.Name, orDash(pv.Labels[provisioner.LabelNode]))
+		if samePath && (pv.Labels[provisioner.LabelDisk] != d.ID || pv.Labels[provisioner.LabelNode] != a.cfg.NodeName) {
+			desc = fmt.Sprintf("%s (same path; it lost its labels — restore them with `kubectl label pv %s %s=%s %s=%s`)", pv.Name, pv.Name, provisioner.LabelDisk, d.ID, provisioner.LabelNode, a.cfg.NodeName)
+		}
+		names = append(names, desc)
+	}
+	if len(names) == 0 {
+		return false, nil
+	}
+	a.events.once("disk/"+d.Path, a.nodeRef(), ReasonDiskConflict,
+		fmt.Sprintf("disk %s at %s holds data and is named by PV %s; not wiped, not published", d.ID, d.Path, strings.Join(names, ", ")))
+	return true, nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func localPath(pv *corev1.PersistentVolume) string {
+	switch {
+	case pv.Spec.Local != nil:
+		return pv.Spec.Local.Path
+	case pv.Spec.HostPath != nil:
+		return pv.Spec.HostPath.Path
+	}
+	return ""
+}
+
+// onNode reports whether a PV is this node's: by our node label, or by a
+// node affinity on the hostname (a PV of any provisioner, or ours without
+// its labels).
+func onNode(pv *corev1.PersistentVolume, node, hostname string) bool {
+	if pv.Labels[provisioner.LabelNode] == node {
+		return true
+	}
+	if pv.Spec.NodeAffinity == nil || pv.Spec.NodeAffinity.Required == nil {
+		return pv.Spec.HostPath != nil // a hostPath PV names this host's path wherever it lands
+	}
+	for _, term := range pv.Spec.NodeAffinity.Required.NodeSelectorTerms {
+		for _, e := range term.MatchExpressions {
+			if e.Key == provisioner.LabelHostname && e.Operator == corev1.NodeSelectorOpIn && slices.Contains(e.Values, hostname) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// republishForApproval gives an owned disk that lost its PV a PV again:
+// bound to the claim its owner was recorded for, reclaimPolicy Retain, the
+// record on it. The claim is gone (a PV is deleted only once its claim is),
+// so the PV binder marks it Released, and the volume-controller approves
+// the wipe only once PD shows the owner gone — the same path as any
+// released disk. If the claim is still there, the PV binds to it again.
+func (a *Agent) republishForApproval(ctx context.Context, d found, rec provisioner.Ownership) error {
+	class, err := a.scLister.Get(d.Class)
+	if err != nil {
+		return fmt.Errorf("republish owned disk %s: StorageClass %s: %w", d.ID, d.Class, err)
+	}
+	pv, err := provisioner.RenderPV(d.Disk, provisioner.Identity{ID: d.ID, Source: d.Source}, a.node(), class)
+	if err != nil {
+		return err
+	}
+	ns, name, ok := strings.Cut(rec.ClaimName, "/")
+	if !ok {
+		ns, _, _ = strings.Cut(rec.Pod, "/")
+		name = "unknown-claim-of-" + d.ID
+	}
+	pv.Spec.PersistentVolumeReclaimPolicy = corev1.PersistentVolumeReclaimRetain
+	pv.Spec.ClaimRef = &corev1.ObjectReference{Kind: "PersistentVolumeClaim", APIVersion: "v1", Namespace: ns, Name: name, UID: types.UID(rec.Claim)}
+	for k, v := range rec.Annotations() {
+		if v != "" {
+			pv.Annotations[k] = v
+		}
+	}
+	pv.Labels[provisioner.LabelComponent] = rec.Component
+	pv.Labels[provisioner.LabelCluster] = rec.Cluster
+	created, err := a.deps.Client.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		return nil // the old object is still terminating; the next pass retries
+	}
+	if err != nil {
+		return fmt.Errorf("republish owned disk %s: %w", d.ID, err)
+	}
+	if err := a.pvInf.GetIndexer().Add(created); err != nil {
+		klog.FromContext(ctx).Error(err, "cache republished PV", "pv", created.Name)
+	}
+	klog.FromContext(ctx).Info("republished owned disk for the controller's approval", "pv", created.Name, "disk", d.ID, "owner", rec.Owner(), "claim", rec.ClaimName)
+	a.events.event(created, corev1.EventTypeWarning, ReasonOwnedDiskRepublished,
+		fmt.Sprintf("disk %s at %s holds the data of %s (claim %s) but had no PV; PV re-created for that claim — the disk is wiped only once the volume-controller confirms in PD that %s is gone", d.ID, d.Path, rec.Owner(), rec.ClaimName, rec.Owner()))
+	return nil
+}
+
+// restoreOwner puts the recorded owner back on a PV of its claim that lost
+// it (annotations stripped by hand or by a tool).
+func (a *Agent) restoreOwner(ctx context.Context, pv *corev1.PersistentVolume) error {
+	if provisioner.Owned(pv) || pv.Spec.ClaimRef == nil {
 		return nil
 	}
+	rec, owned, err := a.ownerRecord(pv.Labels[provisioner.LabelDisk])
+	if err != nil || !owned || rec.Claim != string(pv.Spec.ClaimRef.UID) {
+		return err
+	}
+	ann := map[string]any{}
+	for k, v := range rec.Annotations() {
+		if v != "" && pv.Annotations[k] != v {
+			ann[k] = v
+		}
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
+		"resourceVersion": pv.ResourceVersion,
+		"annotations":     ann,
+		"labels":          map[string]string{provisioner.LabelComponent: rec.Component, provisioner.LabelCluster: rec.Cluster},
+	}})
+	if err != nil {
+		return err
+	}
+	_, err = a.deps.Client.CoreV1().PersistentVolumes().Patch(ctx, pv.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return nil // changed meanwhile; the next pass looks again
+	}
+	if err != nil {
+		return fmt.Errorf("restore owner on PV %s: %w", pv.Name, err)
+	}
+	klog.FromContext(ctx).Info("restored ownership record on PV", "pv", pv.Name, "owner", rec.Owner())
+	a.events.event(pv, corev1.EventTypeWarning, ReasonOwnerRestored,
+		fmt.Sprintf("the ownership record (%s, claim %s) was missing from the PV and was restored from the node's copy", rec.Owner(), rec.ClaimName))
+	return nil
+}
+
+// startOrphanWipe wipes a disk that holds data (or an unfinished wipe),
+// has no PV and no owner, in the background so other disks are not held
+// up.
+func (a *Agent) startOrphanWipe(ctx context.Context, d found) error {
 	if !a.tryBusy(d.ID) {
 		return nil
 	}
