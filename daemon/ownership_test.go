@@ -212,4 +212,3 @@ func TestReconcile_PutsAStrippedOwnershipRecordBackOnThePV(t *testing.T) {
 	require.Equal(t, "7", got.Annotations[provisioner.AnnStoreID])
 	require.Len(t, h.events.withReason(ReasonOwnerRestored), 1)
 }
-
