@@ -26,6 +26,11 @@ const (
 	// AnnOwnerSeen is when the owner was last seen in PD (RFC 3339), in
 	// the state AnnOwnerState records.
 	AnnOwnerSeen = "tidb-localpv.io/owner-seen"
+	// AnnOfflinedAt is set by the volume-controller when it asked PD to
+	// offline the disk's store because its node was dead (RFC 3339): a node
+	// that comes back while the store drains is reported with the command
+	// that cancels it.
+	AnnOfflinedAt = "tidb-localpv.io/offlined-at"
 )
 
 // Ownership is the volume-controller's record of whose data a disk holds:

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -232,13 +233,10 @@ func (c *Controller) freshNodeDead(ctx context.Context, name string) (bool, erro
 	if err != nil {
 		return false, fmt.Errorf("re-read node %s: %w", name, err)
 	}
-	th := c.cfg.Policy.NotReadyThreshold
-	for _, cond := range node.Status.Conditions {
-		if cond.Type == corev1.NodeReady && cond.Status != corev1.ConditionTrue && th > 0 && c.clock.Since(cond.LastTransitionTime.Time) >= th {
-			return true, nil
-		}
-	}
-	return false, nil
+	// A Node object that exists is dead only by its taint or a NotReady
+	// past the threshold; the deletion grace applies to deleted nodes only.
+	dead, _ := c.cfg.Policy.nodeDead(nodeObjectFacts(node, c.clock.Now()))
+	return dead, nil
 }
 
 // offline asks PD to move the data of a store on a dead node elsewhere.
@@ -292,6 +290,13 @@ func (c *Controller) offline(ctx context.Context, d Decision, t target) error {
 		return nil
 	case err != nil:
 		return fmt.Errorf("offline store %d: %w", id, err)
+	}
+	// Remember that we did it: if the node comes back while the store
+	// drains, the operator is told how to cancel.
+	stamp, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
+		provisioner.AnnOfflinedAt: c.clock.Now().UTC().Format(time.RFC3339)}}})
+	if _, err := c.client.CoreV1().PersistentVolumes().Patch(ctx, pv.Name, types.MergePatchType, stamp, metav1.PatchOptions{}); err != nil {
+		log.Error(err, "note the offline on the PV")
 	}
 	log.Info("offlined store in PD", "reason", d.Reason)
 	c.metrics.actions.WithLabelValues(ActOffline.String()).Inc()

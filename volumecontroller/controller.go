@@ -335,10 +335,21 @@ func (c *Controller) nodeFacts(name string) NodeFacts {
 	if err != nil {
 		return NodeFacts{}
 	}
-	for _, cond := range node.Status.Conditions {
-		if cond.Type == corev1.NodeReady && cond.Status != corev1.ConditionTrue {
-			return NodeFacts{NotReady: true, NotReadyFor: now.Sub(cond.LastTransitionTime.Time)}
+	return nodeObjectFacts(node, now)
+}
+
+// nodeObjectFacts reads a Node object that exists.
+func nodeObjectFacts(node *corev1.Node, now time.Time) NodeFacts {
+	var f NodeFacts
+	for _, t := range node.Spec.Taints {
+		if t.Key == TaintOutOfService {
+			f.OutOfService = true
 		}
 	}
-	return NodeFacts{}
+	for _, cond := range node.Status.Conditions {
+		if cond.Type == corev1.NodeReady && cond.Status != corev1.ConditionTrue {
+			f.NotReady, f.NotReadyFor = true, now.Sub(cond.LastTransitionTime.Time)
+		}
+	}
+	return f
 }

@@ -29,13 +29,14 @@ import (
 
 // fakePD is a scriptable PD.
 type fakePD struct {
-	mu        sync.Mutex
-	cluster   uint64
-	stores    map[uint64]pd.StoreInfo
-	members   []pd.Member
-	err       error // every call fails with it (PD down, garbage)
-	deleteErr error
-	deletes   []uint64
+	mu          sync.Mutex
+	cluster     uint64
+	stores      map[uint64]pd.StoreInfo
+	members     []pd.Member
+	err         error // every call fails with it (PD down, garbage)
+	deleteErr   error
+	deletes     []uint64
+	maxReplicas int
 }
 
 // testClusterID is a PD cluster ID above 2^53, as real ones are.
@@ -87,7 +88,7 @@ func (f *fakePD) DeleteStore(_ context.Context, id uint64) error {
 		return f.deleteErr
 	}
 	s := f.stores[id]
-	s.StateName, s.State = "Offline", pd.StoreOffline
+	s.StateName, s.State, s.NodeState = "Offline", pd.StoreOffline, pd.NodeRemoving
 	f.stores[id] = s
 	return nil
 }
@@ -99,6 +100,18 @@ func (f *fakePD) Members(context.Context) (pd.Members, error) {
 		return pd.Members{}, f.err
 	}
 	return pd.Members{ClusterID: f.cluster, Members: f.members}, nil
+}
+
+func (f *fakePD) MaxReplicas(context.Context) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return 0, f.err
+	}
+	if f.maxReplicas == 0 {
+		return 3, nil
+	}
+	return f.maxReplicas, nil
 }
 
 func (f *fakePD) set(id uint64, state string) {

@@ -19,6 +19,7 @@ type PD interface {
 	Store(ctx context.Context, id uint64) (pd.StoreInfo, error)
 	DeleteStore(ctx context.Context, id uint64) error
 	Members(ctx context.Context) (pd.Members, error)
+	MaxReplicas(ctx context.Context) (int, error)
 }
 
 // PDDialer returns the PD client of one endpoint.
@@ -46,6 +47,9 @@ type pdEndpoint struct {
 	members   pd.Members
 	memErr    error
 	membersAt time.Time
+	replicas  int
+	replErr   error
+	replAt    time.Time
 }
 
 func newPDView(dial PDDialer, ttl time.Duration, clk clock.PassiveClock) *pdView {
@@ -145,6 +149,46 @@ func (v *pdView) membersCached(ctx context.Context, url string) (pd.Members, err
 	return e.members, e.memErr
 }
 
+// maxReplicasCached returns PD's max-replicas, at most ttl old.
+func (v *pdView) maxReplicasCached(ctx context.Context, url string) (int, error) {
+	e, err := v.endpoint(url)
+	if err != nil {
+		return 0, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if now := v.clock.Now(); e.replAt.IsZero() || now.Sub(e.replAt) >= v.ttl {
+		e.replicas, e.replErr = e.client.MaxReplicas(ctx)
+		e.replAt = now
+	}
+	return e.replicas, e.replErr
+}
+
+// undrainable says why PD can never bury an Offline store (its regions
+// have nowhere to go), or "" when it can, or cannot tell.
+func undrainable(stores storeIndex, maxReplicas int, id uint64) string {
+	if maxReplicas <= 0 {
+		return ""
+	}
+	up, serving := 0, 0
+	for _, s := range stores.byID {
+		if s.ID == id || s.State != pd.StoreUp {
+			continue
+		}
+		up++ // PD counts Disconnected and Down stores as up here
+		if s.Phase() == pd.PhaseUp {
+			serving++
+		}
+	}
+	switch {
+	case up < maxReplicas:
+		return fmt.Sprintf("the number of up stores is %d while max-replicas is %d", up, maxReplicas)
+	case serving < maxReplicas:
+		return fmt.Sprintf("only %d stores are Up and heartbeating while max-replicas is %d", serving, maxReplicas)
+	}
+	return ""
+}
+
 // invalidate drops cached answers after the controller changed PD.
 func (v *pdView) invalidate(url string) {
 	v.mu.Lock()
@@ -152,7 +196,7 @@ func (v *pdView) invalidate(url string) {
 	v.mu.Unlock()
 	if e != nil {
 		e.mu.Lock()
-		e.storesAt, e.membersAt = time.Time{}, time.Time{}
+		e.storesAt, e.membersAt, e.replAt = time.Time{}, time.Time{}, time.Time{}
 		e.mu.Unlock()
 	}
 }

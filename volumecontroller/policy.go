@@ -11,6 +11,9 @@ import (
 	"github.com/tidb-localpv/tidb-localpv/volumecontroller/pd"
 )
 
+// TaintOutOfService is the taint of Kubernetes' non-graceful node shutdown.
+const TaintOutOfService = "node.kubernetes.io/out-of-service"
+
 // Components the controller knows the owners of.
 const (
 	ComponentTiKV = "tikv"
@@ -76,6 +79,9 @@ type OwnerFacts struct {
 	Removed bool
 	// ClusterID is the cluster of the PD that answered.
 	ClusterID uint64
+	// Undrainable is PD's reason an Offline store can never be buried
+	// (its regions have nowhere to go), when the controller can tell.
+	Undrainable string
 	// Store, Member and Peers are what PD listed, to refresh the record.
 	Store  pd.StoreInfo
 	Member pd.Member
@@ -88,6 +94,10 @@ type NodeFacts struct {
 	GoneFor     time.Duration
 	NotReady    bool
 	NotReadyFor time.Duration
+	// OutOfService: the node carries node.kubernetes.io/out-of-service
+	// (non-graceful node shutdown): an operator's or cloud's explicit word
+	// that it is gone, acted on without the deletion grace.
+	OutOfService bool
 }
 
 // PodFacts is the pod that mounts the claim, if any.
@@ -132,9 +142,14 @@ type Input struct {
 	Facts         OwnerFacts
 	Node          NodeFacts
 	Pod           PodFacts
+	// OfflinedByUs: the controller offlined the store for a dead node.
+	OfflinedByUs bool
 }
 
 func (p Policy) nodeDead(n NodeFacts) (bool, string) {
+	if n.OutOfService {
+		return true, "node tainted " + TaintOutOfService
+	}
 	if n.Gone && n.GoneFor >= p.DeadNodeGrace {
 		return true, fmt.Sprintf("node deleted %s ago", n.GoneFor.Round(time.Second))
 	}
@@ -199,6 +214,16 @@ func (p Policy) DecideBound(in Input) Decision {
 		}
 		return Decision{Action: ActNone}
 	case pd.PhaseOffline:
+		switch {
+		case dead && in.Facts.Undrainable != "":
+			return Decision{Action: ActWait, Warn: true, Refusal: "store-undrainable", Reason: fmt.Sprintf(
+				"%s and %s is Offline, but PD cannot bury it: %s. PD keeps it Offline until its regions can move, and tidb-localpv never forces it. Choices: add TiKV stores (scale out) so its regions have somewhere to go; or, if the data on the dead node is lost for good, remove the store yourself (pd-ctl unsafe remove-failed-stores %d) — its disk is released once PD shows it Tombstone",
+				why, in.Owner, in.Facts.Undrainable, in.Facts.Store.ID)}
+		case !dead && in.OfflinedByUs:
+			return Decision{Action: ActWait, Warn: true, Refusal: "node-returned", Reason: fmt.Sprintf(
+				"the node is back, but %s is Offline because tidb-localpv offlined it while the node was dead; PD is moving its data away. To keep the store, cancel: pd-ctl store cancel-delete %d (or POST /pd/api/v1/store/%d/state?state=Up)",
+				in.Owner, in.Facts.Store.ID, in.Facts.Store.ID)}
+		}
 		return Decision{Action: ActWait, Reason: fmt.Sprintf("%s is Offline: PD is moving its data away", in.Owner)}
 	default:
 		return Decision{Action: ActNone, Warn: dead, Refusal: "pd-unknown",

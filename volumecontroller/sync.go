@@ -112,6 +112,9 @@ func (c *Controller) syncBound(ctx context.Context, pv *corev1.PersistentVolume,
 	if err := c.writeOwnership(ctx, pv, rec); err != nil {
 		return err
 	}
+	if facts.Known && facts.Phase == pd.PhaseOffline && rec.Component == ComponentTiKV {
+		facts.Undrainable = c.undrainable(ctx, t.endpoint, rec.StoreID)
+	}
 	d := c.cfg.Policy.DecideBound(Input{
 		Component:     rec.Component,
 		Owned:         owned,
@@ -121,6 +124,7 @@ func (c *Controller) syncBound(ctx context.Context, pv *corev1.PersistentVolume,
 		Facts:         facts,
 		Node:          node,
 		Pod:           c.podFacts(pod),
+		OfflinedByUs:  pv.Annotations[provisioner.AnnOfflinedAt] != "",
 	})
 	klog.FromContext(ctx).V(4).Info("decided", "pv", pv.Name, "owner", rec.Owner(), "owned", owned, "state", ownerState(facts), "action", d.Action.String(), "reason", d.Reason)
 	return c.act(ctx, d, t)
@@ -165,6 +169,20 @@ func (c *Controller) confirmOwner(ctx context.Context, endpoint string, o owner,
 	rec.Claim = string(pvc.UID)
 	rec.ClaimName = pvc.Namespace + "/" + pvc.Name
 	return rec, true, ""
+}
+
+// undrainable asks (through the short cache) whether PD can ever bury the
+// store; "" when it can or when PD does not say.
+func (c *Controller) undrainable(ctx context.Context, endpoint string, id uint64) string {
+	stores, err := c.pd.storesCached(ctx, endpoint)
+	if err != nil {
+		return ""
+	}
+	n, err := c.pd.maxReplicasCached(ctx, endpoint)
+	if err != nil {
+		return ""
+	}
+	return undrainable(stores, n, id)
 }
 
 // recordedFacts is what PD (through the short cache) says of a recorded owner.
