@@ -31,6 +31,9 @@ const (
 	// that comes back while the store drains is reported with the command
 	// that cancels it.
 	AnnOfflinedAt = "tidb-localpv.io/offlined-at"
+	// AnnTiDBOperator is "v2" for a claim of a TiDB Operator v2 cluster,
+	// whose PD is found through its Cluster object.
+	AnnTiDBOperator = "tidb-localpv.io/tidb-operator"
 )
 
 // Ownership is the volume-controller's record of whose data a disk holds:
@@ -57,6 +60,8 @@ type Ownership struct {
 	State string    `json:"state,omitempty"`
 	Seen  time.Time `json:"seen,omitempty"`
 	Peers []uint64  `json:"peers,omitempty"`
+	// V2: the claim belongs to a TiDB Operator v2 cluster.
+	V2 bool `json:"v2,omitempty"`
 }
 
 // Owner names the owner for messages: "TiKV store 7", "PD member pd-2".
@@ -90,6 +95,7 @@ func OwnershipOf(pv *corev1.PersistentVolume) (Ownership, bool) {
 		Claim:     a[AnnOwnerClaim],
 		Member:    a[AnnPDMember],
 		State:     a[AnnOwnerState],
+		V2:        a[AnnTiDBOperator] == "v2",
 	}
 	o.StoreID, _ = strconv.ParseUint(a[AnnStoreID], 10, 64)
 	o.MemberID, _ = strconv.ParseUint(a[AnnPDMemberID], 10, 64)
@@ -112,15 +118,19 @@ func OwnershipOf(pv *corev1.PersistentVolume) (Ownership, bool) {
 // "remove the key" in a merge patch.
 func (o Ownership) Annotations() map[string]string {
 	out := map[string]string{
-		AnnOwnerPod:    o.Pod,
-		AnnOwnerClaim:  o.Claim,
-		AnnStoreID:     "",
-		AnnPDMember:    o.Member,
-		AnnPDMemberID:  "",
-		AnnPDClusterID: "",
-		AnnOwnerState:  o.State,
-		AnnOwnerSeen:   "",
-		AnnPDPeers:     "",
+		AnnOwnerPod:     o.Pod,
+		AnnOwnerClaim:   o.Claim,
+		AnnStoreID:      "",
+		AnnPDMember:     o.Member,
+		AnnPDMemberID:   "",
+		AnnPDClusterID:  "",
+		AnnOwnerState:   o.State,
+		AnnOwnerSeen:    "",
+		AnnPDPeers:      "",
+		AnnTiDBOperator: "",
+	}
+	if o.V2 {
+		out[AnnTiDBOperator] = "v2"
 	}
 	if o.StoreID != 0 {
 		out[AnnStoreID] = strconv.FormatUint(o.StoreID, 10)

@@ -30,6 +30,7 @@ const (
 	ReasonRefused         = "ReleaseRefused"
 	ReasonRecheckFailed   = "RecheckChangedDecision"
 	ReasonReclaimDelete   = "ReclaimPolicyDelete"
+	ReasonInstanceDeleted = "InstanceDeleted"
 )
 
 // errRecheck means the fresh re-read no longer supports the decision; the
@@ -77,6 +78,8 @@ func (c *Controller) act(ctx context.Context, d Decision, t target) error {
 		err = c.deletePV(ctx, d, t)
 	case ActReclaimDelete:
 		err = c.reclaimDelete(ctx, d, t)
+	case ActDeleteInstance:
+		err = c.deleteInstance(ctx, d, t)
 	}
 	var ref *refusal
 	if errors.As(err, &ref) {

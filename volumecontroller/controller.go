@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/selection"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -50,6 +51,10 @@ type Deps struct {
 	Clock    clock.Clock
 	Recorder record.EventRecorder
 	Registry prometheus.Registerer
+	// Dynamic reads and deletes TiDB Operator v2 objects (Cluster, TiKV
+	// instances); nil leaves v2 clusters to --pd-endpoint overrides and
+	// reports instead of acting.
+	Dynamic dynamic.Interface
 }
 
 // Indexes.
@@ -62,6 +67,8 @@ const (
 type Controller struct {
 	cfg      Config
 	client   kubernetes.Interface
+	dynamic  dynamic.Interface
+	v2       *v2Endpoints
 	clock    clock.Clock
 	recorder record.EventRecorder
 	metrics  *metrics
@@ -70,6 +77,9 @@ type Controller struct {
 	factories  []informers.SharedInformerFactory
 	pvInf      cache.SharedIndexInformer
 	podInf     cache.SharedIndexInformer
+	// podV2Inf caches TiDB Operator v2's TiKV and PD pods by v2's own
+	// labels, in case the v1 set is missing.
+	podV2Inf cache.SharedIndexInformer
 	pvLister   corelisters.PersistentVolumeLister
 	pvcLister  corelisters.PersistentVolumeClaimLister
 	podLister  corelisters.PodLister
@@ -95,7 +105,8 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 		deps.Clock = clock.RealClock{}
 	}
 	c := &Controller{
-		cfg: cfg, client: deps.Client, clock: deps.Clock, recorder: deps.Recorder,
+		cfg: cfg, client: deps.Client, dynamic: deps.Dynamic, clock: deps.Clock, recorder: deps.Recorder,
+		v2:       &v2Endpoints{client: deps.Dynamic, clock: deps.Clock, cache: map[string]v2Endpoint{}},
 		metrics:  newMetrics(deps.Registry),
 		goneAt:   map[string]time.Time{},
 		warnings: map[string]string{},
@@ -123,7 +134,18 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 		o.LabelSelector = labels.NewSelector().Add(*tidbPods).String()
 	}))
 	allF := informers.NewSharedInformerFactory(c.client, 0)
-	c.factories = []informers.SharedInformerFactory{pvF, podF, allF}
+	v2Pods, err := labels.NewRequirement(labelV2Component, selection.In, []string{ComponentTiKV, ComponentPD})
+	if err != nil {
+		return nil, err
+	}
+	podV2F := informers.NewSharedInformerFactoryWithOptions(c.client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.LabelSelector = labels.NewSelector().Add(*v2Pods).String()
+	}))
+	c.factories = []informers.SharedInformerFactory{pvF, podF, podV2F, allF}
+	c.podV2Inf = podV2F.Core().V1().Pods().Informer()
+	if err := c.podV2Inf.AddIndexers(cache.Indexers{podsByClaim: claimsOfPod}); err != nil {
+		return nil, err
+	}
 
 	c.pvInf = pvF.Core().V1().PersistentVolumes().Informer()
 	c.podInf = podF.Core().V1().Pods().Informer()
@@ -145,7 +167,7 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 	c.podLister = podF.Core().V1().Pods().Lister()
 	c.pvcLister = allF.Core().V1().PersistentVolumeClaims().Lister()
 	c.nodeLister = allF.Core().V1().Nodes().Lister()
-	c.synced = []cache.InformerSynced{c.pvInf.HasSynced, c.podInf.HasSynced, pvcInf.HasSynced, nodeInf.HasSynced}
+	c.synced = []cache.InformerSynced{c.pvInf.HasSynced, c.podInf.HasSynced, c.podV2Inf.HasSynced, pvcInf.HasSynced, nodeInf.HasSynced}
 
 	handlers := []struct {
 		inf cache.SharedIndexInformer
@@ -154,6 +176,7 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 		{c.pvInf, c.enqueuePV},
 		{pvcInf, c.enqueueClaim},
 		{c.podInf, c.enqueuePod},
+		{c.podV2Inf, c.enqueuePod},
 		{nodeInf, c.enqueueNode},
 	}
 	for _, h := range handlers {

@@ -2,11 +2,13 @@ package volumecontroller
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/tidb-localpv/tidb-localpv/provisioner"
 	"github.com/tidb-localpv/tidb-localpv/volumecontroller/pd"
@@ -36,7 +38,13 @@ type owner struct {
 	Started time.Time
 	// Labels to render the PD endpoint template with.
 	Labels map[string]string
+	// Instance is the TiDB Operator v2 instance object the claim belongs
+	// to (its controller owner), nil under v1.
+	Instance *metav1.OwnerReference
 }
+
+// V2 reports whether the claim belongs to a TiDB Operator v2 cluster.
+func (o owner) V2() bool { return o.Labels[labelV2Cluster] != "" }
 
 // kubeOwner reads the owner from the mounting pod, the claim, and what was
 // recorded on the PV, in that order of trust.
@@ -47,8 +55,10 @@ func kubeOwner(pv *corev1.PersistentVolume, pvc *corev1.PersistentVolumeClaim, p
 			o.Labels[k] = v
 		}
 	}
-	o.Component = o.Labels[labelComponent]
-	o.Cluster = o.Labels[labelInstance]
+	// v1 labels first; v2 writes them too, and its own set is the fallback.
+	o.Component = orDefault(o.Labels[labelComponent], o.Labels[labelV2Component])
+	o.Cluster = orDefault(o.Labels[labelInstance], o.Labels[labelV2Cluster])
+	o.Instance = v2Instance(pvc, podObject(pod))
 	if recorded := pv.Labels[provisioner.LabelComponent]; o.Component == "" && recorded != "" && provisioner.Owned(pv) {
 		o.Component = recorded
 	}
@@ -77,10 +87,14 @@ func recordedOwner(rec provisioner.Ownership) owner {
 	if ns == "" {
 		ns, _, _ = strings.Cut(rec.ClaimName, "/")
 	}
-	return owner{
+	o := owner{
 		Component: rec.Component, Cluster: rec.Cluster, Pod: pod, Namespace: ns,
 		Labels: map[string]string{labelInstance: rec.Cluster, labelComponent: rec.Component},
 	}
+	if rec.V2 {
+		o.Labels[labelV2Cluster] = rec.Cluster
+	}
+	return o
 }
 
 // podStarted is when the kubelet started the pod (its creation if the
@@ -90,6 +104,14 @@ func podStarted(p *corev1.Pod) time.Time {
 		return p.Status.StartTime.Time
 	}
 	return p.CreationTimestamp.Time
+}
+
+// podObject keeps a nil pod a nil interface.
+func podObject(p *corev1.Pod) metav1.Object {
+	if p == nil {
+		return nil
+	}
+	return p
 }
 
 func podLabels(p *corev1.Pod) map[string]string {
@@ -158,13 +180,27 @@ func addressNames(addr string, o owner) bool {
 	if labels[0] != o.Pod {
 		return false
 	}
-	if len(labels) >= 2 && o.Cluster != "" && labels[1] != o.Cluster+"-tikv-peer" {
+	if len(labels) >= 2 && o.Cluster != "" && !slices.Contains(peerServices(o), labels[1]) {
 		return false
 	}
 	if len(labels) >= 3 && labels[2] != o.Namespace {
 		return false
 	}
 	return true
+}
+
+// peerServices are the headless Services a TiKV pod of the owner's cluster
+// advertises itself under: v1 <cluster>-tikv-peer; v2 <group>-tikv-peer,
+// or <cluster>-cluster with v2's ClusterSubdomain feature gate.
+func peerServices(o owner) []string {
+	out := []string{o.Cluster + "-tikv-peer"}
+	if o.V2() {
+		if g := o.Labels[labelV2Group]; g != "" {
+			out = append(out, g+"-tikv-peer")
+		}
+		out = append(out, o.Cluster+"-cluster")
+	}
+	return out
 }
 
 // confirmMember finds the PD member of a pod: by TiDB Operator's member-id

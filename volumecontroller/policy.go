@@ -41,6 +41,10 @@ const (
 	// ActApprove: stamp a Released PV so its agent may wipe it (and make
 	// it reclaimable: Retain → Delete).
 	ActApprove
+	// ActDeleteInstance: delete the TiDB Operator v2 instance object of the
+	// claim, as v2's documentation asks an operator to do (v2 has no
+	// failover; it offlines the store and starts a replacement itself).
+	ActDeleteInstance
 	// ActReclaimDelete: set a PV's reclaimPolicy to Delete — a Released PV
 	// already approved for its claim (TiDB Operator restored Retain while
 	// the claim was being deleted), or the PV of a claim that no TiKV or
@@ -49,7 +53,7 @@ const (
 )
 
 func (a Action) String() string {
-	return [...]string{"none", "wait", "offline-store", "release", "release-with-pod", "delete-pv", "approve", "reclaim-delete"}[a]
+	return [...]string{"none", "wait", "offline-store", "release", "release-with-pod", "delete-pv", "approve", "delete-instance", "reclaim-delete"}[a]
 }
 
 // Decision is the policy's answer with the reason, which goes into events.
@@ -60,6 +64,9 @@ type Decision struct {
 	Warn bool
 	// Refusal classifies a Warn for the refusals metric.
 	Refusal string
+	// OwnerGone: the action rests on the owner's data being no longer
+	// needed (the action re-checks that in PD), not on a dead node.
+	OwnerGone bool
 }
 
 // OwnerFacts is what PD says about the recorded owner of a disk.
@@ -105,8 +112,11 @@ type PodFacts struct {
 	Exists bool
 	// OnStatefulSet: owned by a StatefulSet, which will recreate it.
 	OnStatefulSet bool
-	Ready         bool
-	NotReadyFor   time.Duration
+	// OnInstance: the claim belongs to a TiDB Operator v2 instance object
+	// (no StatefulSet: the instance is what is deleted to start over).
+	OnInstance  bool
+	Ready       bool
+	NotReadyFor time.Duration
 }
 
 // Policy holds the thresholds operators tune.
@@ -181,13 +191,16 @@ func (p Policy) DecideBound(in Input) Decision {
 	}
 	if ownerGone(in.Component, in.Facts) {
 		what := fmt.Sprintf("%s is %s", in.Owner, ownerGoneWord(in))
+		stuck := !in.Pod.Ready && in.Pod.NotReadyFor >= p.StuckPodGrace
 		switch {
 		case !in.Pod.Exists:
-			return Decision{Action: ActRelease, Reason: what + " and no pod mounts its claim"}
+			return Decision{Action: ActRelease, OwnerGone: true, Reason: what + " and no pod mounts its claim"}
+		case in.Pod.OnInstance && (dead || stuck):
+			return Decision{Action: ActDeleteInstance, OwnerGone: true, Reason: fmt.Sprintf("%s and its pod is stuck: %s", what, orDefault(why, fmt.Sprintf("not Ready for %s", in.Pod.NotReadyFor.Round(time.Second))))}
 		case dead:
-			return Decision{Action: ActReleaseWithPod, Reason: fmt.Sprintf("%s and its pod is stuck: %s", what, why)}
-		case in.Pod.OnStatefulSet && !in.Pod.Ready && in.Pod.NotReadyFor >= p.StuckPodGrace:
-			return Decision{Action: ActReleaseWithPod, Reason: fmt.Sprintf("%s and its pod has not been Ready for %s", what, in.Pod.NotReadyFor.Round(time.Second))}
+			return Decision{Action: ActReleaseWithPod, OwnerGone: true, Reason: fmt.Sprintf("%s and its pod is stuck: %s", what, why)}
+		case in.Pod.OnStatefulSet && stuck:
+			return Decision{Action: ActReleaseWithPod, OwnerGone: true, Reason: fmt.Sprintf("%s and its pod has not been Ready for %s", what, in.Pod.NotReadyFor.Round(time.Second))}
 		default:
 			// A Ready pod, or one not stuck long enough: TiDB Operator buries
 			// the store before it scales the pod away; give it the time.
@@ -209,6 +222,9 @@ func (p Policy) DecideBound(in Input) Decision {
 		}
 		return Decision{Action: ActNone}
 	case pd.PhaseDisconnected, pd.PhaseDown:
+		if dead && in.Pod.OnInstance {
+			return Decision{Action: ActDeleteInstance, Reason: fmt.Sprintf("%s and %s is %s", why, in.Owner, in.Facts.Phase)}
+		}
 		if dead {
 			return Decision{Action: ActOffline, Reason: fmt.Sprintf("%s and %s is %s", why, in.Owner, in.Facts.Phase)}
 		}

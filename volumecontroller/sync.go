@@ -12,6 +12,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
 	"github.com/tidb-localpv/tidb-localpv/provisioner"
@@ -84,6 +85,7 @@ func (c *Controller) syncBound(ctx context.Context, pv *corev1.PersistentVolume,
 	if o.Pod != "" {
 		rec.Pod = o.Namespace + "/" + o.Pod
 	}
+	rec.V2 = rec.V2 || o.V2()
 	t := target{pv: pv, pvc: pvc, pod: pod, owner: o, component: rec.Component, node: node}
 
 	if rec.Component != ComponentTiKV && rec.Component != ComponentPD {
@@ -96,7 +98,7 @@ func (c *Controller) syncBound(ctx context.Context, pv *corev1.PersistentVolume,
 
 	var facts OwnerFacts
 	unresolved := ""
-	if t.endpoint, err = c.endpoint(o); err != nil {
+	if t.endpoint, err = c.endpoint(ctx, o); err != nil {
 		facts = OwnerFacts{Err: err, Why: unknownPD}
 		unresolved = err.Error()
 	} else if owned {
@@ -123,7 +125,7 @@ func (c *Controller) syncBound(ctx context.Context, pv *corev1.PersistentVolume,
 		UnresolvedFor: c.since(pvc.CreationTimestamp.Time),
 		Facts:         facts,
 		Node:          node,
-		Pod:           c.podFacts(pod),
+		Pod:           c.podFacts(pod, o),
 		OfflinedByUs:  pv.Annotations[provisioner.AnnOfflinedAt] != "",
 	})
 	klog.FromContext(ctx).V(4).Info("decided", "pv", pv.Name, "owner", rec.Owner(), "owned", owned, "state", ownerState(facts), "action", d.Action.String(), "reason", d.Reason)
@@ -242,7 +244,7 @@ func (c *Controller) syncReleased(ctx context.Context, pv *corev1.PersistentVolu
 	var facts OwnerFacts
 	if owned && !approved {
 		var err error
-		if t.endpoint, err = c.endpoint(t.owner); err != nil {
+		if t.endpoint, err = c.endpoint(ctx, t.owner); err != nil {
 			facts = OwnerFacts{Err: err, Why: unknownPD}
 		} else {
 			facts = c.recordedFacts(ctx, t.endpoint, rec)
@@ -268,9 +270,12 @@ func (c *Controller) syncReleased(ctx context.Context, pv *corev1.PersistentVolu
 
 // mountingPod is the pod (TiKV or PD, from the cache) that mounts the claim.
 func (c *Controller) mountingPod(pvc *corev1.PersistentVolumeClaim) *corev1.Pod {
-	objs, err := c.podInf.GetIndexer().ByIndex(podsByClaim, pvc.Namespace+"/"+pvc.Name)
-	if err != nil {
-		return nil
+	var objs []any
+	for _, inf := range []cache.SharedIndexInformer{c.podInf, c.podV2Inf} {
+		found, err := inf.GetIndexer().ByIndex(podsByClaim, pvc.Namespace+"/"+pvc.Name)
+		if err == nil {
+			objs = append(objs, found...)
+		}
 	}
 	for _, o := range objs {
 		if pod, ok := o.(*corev1.Pod); ok && pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed {
@@ -280,11 +285,11 @@ func (c *Controller) mountingPod(pvc *corev1.PersistentVolumeClaim) *corev1.Pod 
 	return nil
 }
 
-func (c *Controller) podFacts(pod *corev1.Pod) PodFacts {
+func (c *Controller) podFacts(pod *corev1.Pod, o owner) PodFacts {
 	if pod == nil {
 		return PodFacts{}
 	}
-	f := PodFacts{Exists: true}
+	f := PodFacts{Exists: true, OnInstance: o.Instance != nil}
 	for _, ref := range pod.OwnerReferences {
 		if ref.Kind == "StatefulSet" && ref.Controller != nil && *ref.Controller {
 			f.OnStatefulSet = true
@@ -305,9 +310,14 @@ func (c *Controller) podFacts(pod *corev1.Pod) PodFacts {
 	return f
 }
 
-func (c *Controller) endpoint(o owner) (string, error) {
+// endpoint is the PD URL of the owner's cluster: an override, else a v2
+// cluster's own record of it, else the template over the pod's labels.
+func (c *Controller) endpoint(ctx context.Context, o owner) (string, error) {
 	if url, ok := c.cfg.PDOverrides[o.Namespace+"/"+o.Cluster]; ok {
 		return url, nil
+	}
+	if o.V2() {
+		return c.v2.get(ctx, o.Namespace, o.Labels[labelV2Cluster])
 	}
 	return c.cfg.PDTemplate.Render(o.Labels, o.Namespace)
 }

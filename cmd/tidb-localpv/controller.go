@@ -11,6 +11,8 @@ import (
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/uuid"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/leaderelection"
@@ -120,7 +122,17 @@ func runController(cmd *cobra.Command, o *controllerOptions) error {
 	if err != nil {
 		return err
 	}
-	client, err := o.kube.client("tidb-localpv-controller")
+	restCfg, err := o.kube.config("tidb-localpv-controller")
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return err
+	}
+	// TiDB Operator v2's objects (Cluster, TiKV instances) have no typed
+	// client here; the dynamic one reads and deletes them.
+	dyn, err := dynamic.NewForConfig(restCfg)
 	if err != nil {
 		return err
 	}
@@ -145,7 +157,7 @@ func runController(cmd *cobra.Command, o *controllerOptions) error {
 	dial := func(endpoint string) (volumecontroller.PD, error) {
 		return pd.New(endpoint, pd.Options{Timeout: o.pdTimeout, Retries: o.pdRetries, Observer: ctrl.ObservePD})
 	}
-	ctrl, err = volumecontroller.New(cfg, volumecontroller.Deps{Client: client, Dial: dial, Recorder: recorder, Registry: reg})
+	ctrl, err = volumecontroller.New(cfg, volumecontroller.Deps{Client: client, Dynamic: dyn, Dial: dial, Recorder: recorder, Registry: reg})
 	if err != nil {
 		return err
 	}
