@@ -201,11 +201,13 @@ func TestRebuild_ForgetsStoresAndMembersUnderANewClusterID(t *testing.T) {
 	require.Equal(t, http.StatusOK, code)
 	clock.Advance(5 * time.Second)
 	oldIDs := memberIDs(t, s)
+	require.Equal(t, 1, s.DeleteRequests(3))
 
 	require.Error(t, s.Rebuild(RebuildOptions{}), "a cluster ID is required")
 	require.NoError(t, s.Rebuild(RebuildOptions{ClusterID: 7700000000000000077}))
 	require.Equal(t, uint64(7700000000000000077), s.ClusterID())
 	require.Empty(t, s.Stores(), "every store forgotten, Tombstones too")
+	require.Zero(t, s.DeleteRequests(3), "counted afresh: ID 3 may name another store now")
 	code, _ = call(t, s, http.MethodGet, "/pd/api/v1/store/1", "")
 	require.Equal(t, http.StatusInternalServerError, code, "not bootstrapped again")
 	_, body := call(t, s, http.MethodGet, "/pd/api/v1/cluster", "")

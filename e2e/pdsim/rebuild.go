@@ -30,8 +30,9 @@ func (s *Server) ClusterID() uint64 {
 // Rebuild replaces the PD with one rebuilt from scratch, as after every PD
 // member lost its data: every store, Tombstones included, and every member
 // is forgotten, and store requests answer "not bootstrapped" until a store
-// registers (RegisterStore) or is brought back (RecoverStore). Faults,
-// options and DeleteRequests counts are kept.
+// registers (RegisterStore) or is brought back (RecoverStore).
+// DeleteRequests starts counting afresh, since store IDs may now name other
+// stores; faults and options are kept.
 func (s *Server) Rebuild(o RebuildOptions) error {
 	if o.ClusterID == 0 {
 		return errors.New("rebuild: cluster id must not be zero")
@@ -47,6 +48,7 @@ func (s *Server) Rebuild(o RebuildOptions) error {
 	s.clusterID = o.ClusterID
 	s.bootstrapped = false
 	s.stores = map[uint64]*store{}
+	s.deletes = nil
 	s.nextStoreID = max(o.NextStoreID, 1)
 	s.members, s.leader = nil, ""
 	for _, name := range names {
