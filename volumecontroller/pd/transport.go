@@ -46,8 +46,9 @@ func (e *RefusedError) Error() string {
 }
 
 // StatusError is an HTTP status the method does not expect, after any
-// retries. A 404 whose body is not PD's JSON also lands here: it means the
-// URL does not lead to PD's API, not that the store is gone.
+// retries. A 404 that is not PD's JSON string naming the store also lands
+// here: it means the URL does not lead to PD's API, not that the store is
+// gone.
 type StatusError struct {
 	Status  int
 	Message string
