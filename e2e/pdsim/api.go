@@ -15,25 +15,73 @@ const apiPrefix = "/pd/api/v1"
 // off mid-value, as a proxy dropping the connection would leave it.
 const garbageBody = `{"count": 1, "stores": [{"store": {"id": 1, "address": "`
 
+// notBootstrapped is PD's answer to store requests before any store joined.
+const notBootstrapped = "[PD:cluster:ErrNotBootstrapped]TiKV cluster not bootstrapped, please start TiKV first"
+
 func (s *Server) routes() http.Handler {
 	api := http.NewServeMux()
-	api.HandleFunc("GET "+apiPrefix+"/stores", s.getStores)
-	api.HandleFunc("GET "+apiPrefix+"/stores/check", s.getStoresByStateName)
-	api.HandleFunc("DELETE "+apiPrefix+"/stores/remove-tombstone", s.removeTombstones)
-	api.HandleFunc("GET "+apiPrefix+"/store/{id}", s.getStore)
-	api.HandleFunc("DELETE "+apiPrefix+"/store/{id}", s.deleteStore)
-	api.HandleFunc("POST "+apiPrefix+"/store/{id}/state", s.setStoreState)
+	// Store routes sit behind PD's cluster check, which runs before their
+	// arguments are parsed.
+	stores := func(pattern string, h http.HandlerFunc) { api.HandleFunc(pattern, s.requireBootstrap(h)) }
+	stores("GET "+apiPrefix+"/stores", s.getStores)
+	stores("GET "+apiPrefix+"/stores/check", s.getStoresByStateName)
+	stores("DELETE "+apiPrefix+"/stores/remove-tombstone", s.removeTombstones)
+	stores("GET "+apiPrefix+"/store/{id}", s.getStore)
+	stores("DELETE "+apiPrefix+"/store/{id}", s.deleteStore)
+	stores("POST "+apiPrefix+"/store/{id}/state", s.setStoreState)
 	api.HandleFunc("GET "+apiPrefix+"/members", s.getMembers)
 	api.HandleFunc("DELETE "+apiPrefix+"/members/name/{name}", s.deleteMemberByName)
 	api.HandleFunc("DELETE "+apiPrefix+"/members/id/{id}", s.deleteMemberByID)
 	api.HandleFunc("GET "+apiPrefix+"/health", s.getHealth)
 	// PD's ping answers 200 with an empty body.
 	api.HandleFunc("GET "+apiPrefix+"/ping", func(http.ResponseWriter, *http.Request) {})
+	api.HandleFunc("GET "+apiPrefix+"/cluster", s.getCluster)
+	api.HandleFunc("GET "+apiPrefix+"/version", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, versionJSON{Version: pdVersion})
+	})
+	api.HandleFunc("GET "+apiPrefix+"/config/replicate", s.getReplicationConfig)
+	// PD's v2 API is another router; it answers unknown paths in bare
+	// text/plain without a newline.
+	api.HandleFunc("/pd/api/v2/", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte("404 page not found"))
+	})
 
+	// Paths outside both get the router's plain-text 404, as on PD.
 	mux := http.NewServeMux()
 	mux.Handle("/pd/", s.faults(api))
 	s.controlRoutes(mux)
-	return mux
+	return withCORS(mux)
+}
+
+// withCORS adds the headers PD's HTTP server sets on every answer, its
+// 404s included; the simulator's own controls go without.
+func withCORS(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, "/sim/") {
+			h := w.Header()
+			h.Set("Access-Control-Allow-Headers", "accept, content-type, authorization")
+			h.Set("Access-Control-Allow-Methods", "POST, GET, OPTIONS, PUT, DELETE")
+			h.Set("Access-Control-Allow-Origin", "*")
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// requireBootstrap answers like PD's cluster check: 500 until a store has
+// registered.
+func (s *Server) requireBootstrap(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		ok := s.bootstrapped
+		s.mu.Unlock()
+		if !ok {
+			writeJSON(w, http.StatusInternalServerError, notBootstrapped)
+			return
+		}
+		next(w, r)
+	}
 }
 
 // faults applies SetUnavailable and SetGarbage to PD's endpoints.
@@ -74,10 +122,14 @@ func (s *Server) getStores(w http.ResponseWriter, r *http.Request) {
 	if values, ok := r.URL.Query()["state"]; ok {
 		accept = map[int32]bool{}
 		for _, v := range values {
+			// PD answers 500 here (its filter error is not an input error).
 			n, err := strconv.Atoi(v)
-			if err != nil || n < stateUp || n > stateTombstone {
-				// PD answers 500 here (its filter error is not an input error).
-				writeJSON(w, http.StatusInternalServerError, fmt.Sprintf("unknown StoreState: %s", v))
+			if err != nil {
+				writeJSON(w, http.StatusInternalServerError, err.Error())
+				return
+			}
+			if n < stateUp || n > stateTombstone {
+				writeJSON(w, http.StatusInternalServerError, fmt.Sprintf("unknown StoreState: %d", n))
 				return
 			}
 			accept[int32(n)] = true
@@ -134,11 +186,13 @@ func (s *Server) removeTombstones(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, "Remove tombstone successfully.")
 }
 
-// storeID parses {id} the way PD's handlers do, answering 400 when invalid.
+// storeID parses {id} the way PD's handlers do, answering PD's input error
+// (400, a JSON object, unlike its other errors) when invalid.
 func storeID(w http.ResponseWriter, r *http.Request) (uint64, bool) {
 	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
 	if err != nil {
-		writeJSON(w, http.StatusBadRequest, fmt.Sprintf("invalid store id %q", r.PathValue("id")))
+		w.Header().Set("Tidb-Error-Code", "input")
+		writeJSON(w, http.StatusBadRequest, inputErrorJSON{Code: "input", Msg: err.Error()})
 		return 0, false
 	}
 	return id, true
@@ -234,6 +288,21 @@ func (s *Server) deleteMemberByID(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusNotFound, fmt.Sprintf("not found, pd: %d", id))
+}
+
+func (s *Server) getCluster(w http.ResponseWriter, _ *http.Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	writeJSON(w, http.StatusOK, clusterJSON{ID: s.clusterID, MaxPeerCount: s.opts.MaxReplicas})
+}
+
+func (s *Server) getReplicationConfig(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, replicationJSON{
+		MaxReplicas:               s.opts.MaxReplicas,
+		StrictlyMatchLabel:        "false",
+		EnablePlacementRules:      "true",
+		EnablePlacementRulesCache: "false",
+	})
 }
 
 func (s *Server) getHealth(w http.ResponseWriter, _ *http.Request) {

@@ -208,3 +208,45 @@ func TestClientAgainstSim_GarbageIsADecodeError(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, "Up", snap.StateName)
 }
+
+func TestClientAgainstSim_ClusterIDTellsARebuiltPDApart(t *testing.T) {
+	ctx := context.Background()
+	sim, c, _ := setup(t, pdsim.Options{MaxReplicas: 1})
+
+	// Before any TiKV joined: an error, never an empty list or "not found".
+	stores, err := c.Stores(ctx)
+	require.ErrorIs(t, err, pd.ErrNotBootstrapped)
+	require.Nil(t, stores)
+	_, err = c.Store(ctx, 1)
+	require.ErrorIs(t, err, pd.ErrNotBootstrapped)
+	require.NotErrorIs(t, err, pd.ErrStoreNotFound)
+	require.ErrorIs(t, c.DeleteStore(ctx, 1), pd.ErrNotBootstrapped)
+
+	id, err := c.ClusterID(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(pdsim.DefaultClusterID), id, "exact above 2^53")
+	m, err := c.Members(ctx)
+	require.NoError(t, err)
+	require.Equal(t, id, m.ClusterID)
+
+	old := sim.RegisterStore("demo-tikv-0.demo-tikv-peer.tidb.svc:20160")
+	s, err := c.Store(ctx, old)
+	require.NoError(t, err)
+	require.Equal(t, pd.NodePreparing, s.NodeState)
+	require.Equal(t, pd.PhaseUp, s.Phase(), "a Preparing store is Up to the controller")
+
+	// PD rebuilt from scratch: a new cluster ID, and store 1 is someone else.
+	require.NoError(t, sim.Rebuild(pdsim.RebuildOptions{ClusterID: 7700000000000000077}))
+	_, err = c.Store(ctx, old)
+	require.ErrorIs(t, err, pd.ErrNotBootstrapped)
+	require.Equal(t, old, sim.RegisterStore("other-tikv-0.other-tikv-peer.tidb.svc:20160"))
+	s, err = c.Store(ctx, old)
+	require.NoError(t, err)
+	require.Equal(t, "other-tikv-0", s.PodName())
+	id, err = c.ClusterID(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(7700000000000000077), id, "only the cluster ID tells the answers apart")
+	m, err = c.Members(ctx)
+	require.NoError(t, err)
+	require.Equal(t, id, m.ClusterID)
+}

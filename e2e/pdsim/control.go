@@ -33,6 +33,13 @@ func (s *Server) controlRoutes(mux *http.ServeMux) {
 		}
 		return s.SetRegions(id, *b.Count)
 	}))
+	mux.HandleFunc("PUT /sim/stores/{id}", s.simStoreOp(func(id uint64, b simBody) error {
+		if b.Address == "" {
+			return errBadRequest("body needs \"address\"")
+		}
+		return s.RecoverStore(id, b.Address)
+	}))
+	mux.HandleFunc("POST /sim/rebuild", s.simRebuild)
 	mux.HandleFunc("POST /sim/members", s.simAddMember)
 	mux.HandleFunc("DELETE /sim/members/{name}", func(w http.ResponseWriter, r *http.Request) {
 		writeSimResult(w, nil, s.RemoveMember(r.PathValue("name")))
@@ -43,10 +50,13 @@ func (s *Server) controlRoutes(mux *http.ServeMux) {
 
 // simBody is the union of the control request bodies.
 type simBody struct {
-	Address string `json:"address"`
-	Name    string `json:"name"`
-	Enabled *bool  `json:"enabled"`
-	Count   *int   `json:"count"`
+	Address     string   `json:"address"`
+	Name        string   `json:"name"`
+	Enabled     *bool    `json:"enabled"`
+	Count       *int     `json:"count"`
+	ClusterID   uint64   `json:"cluster_id"`
+	Members     []string `json:"members"`
+	NextStoreID uint64   `json:"next_store_id"`
 }
 
 type errBadRequest string
@@ -134,6 +144,17 @@ func (s *Server) simAddMember(w http.ResponseWriter, r *http.Request) {
 	}
 	id, err := s.AddMember(b.Name)
 	writeSimResult(w, map[string]uint64{"member_id": id}, err)
+}
+
+func (s *Server) simRebuild(w http.ResponseWriter, r *http.Request) {
+	b, err := readSimBody(w, r)
+	if err == nil && b.ClusterID == 0 {
+		err = errBadRequest("body needs \"cluster_id\"")
+	}
+	if err == nil {
+		err = s.Rebuild(RebuildOptions{ClusterID: b.ClusterID, Members: b.Members, NextStoreID: b.NextStoreID})
+	}
+	writeSimResult(w, nil, err)
 }
 
 func (s *Server) simToggle(set func(bool)) http.HandlerFunc {

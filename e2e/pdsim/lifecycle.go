@@ -25,12 +25,12 @@ func (s *Server) removeStoreLocked(id uint64, force bool, now time.Time) (int, s
 		return http.StatusBadRequest, fmt.Sprintf("[PD:core:ErrStoreDestroyed]store %d has been physically destroyed", id)
 	}
 	if st.state == stateUp && !force {
-		// PD counts every store still in state Up, Disconnected and Down
-		// ones included.
+		// PD counts every store still in state Up: Preparing, Disconnected
+		// and Down ones included.
 		left := s.countLocked(stateUp) - 1
 		if left < s.opts.MaxReplicas {
 			return http.StatusBadRequest, fmt.Sprintf(
-				"[PD:cluster:ErrStoresNotEnough]can not remove store %d since the number of up stores would be %d while need %d",
+				"[PD:core:ErrStoresNotEnough]can not remove store %d since the number of up stores would be %d while need %d",
 				id, left, s.opts.MaxReplicas)
 		}
 	}
@@ -39,6 +39,7 @@ func (s *Server) removeStoreLocked(id uint64, force bool, now time.Time) (int, s
 		st.state, st.nodeState = stateOffline, nodeRemoving
 	}
 	st.destroyed = st.destroyed || force
+	s.drainsLocked(now)
 	return http.StatusOK, "The store is set as Offline."
 }
 
@@ -56,8 +57,9 @@ func (s *Server) upStoreLocked(id uint64, now time.Time) (int, string) {
 	}
 	if st.state == stateOffline {
 		// Draining stops where it is.
-		st.regions, st.regionsAt = s.regionsLocked(st, now), now
+		st.regions, st.regionsAt, st.stuck = s.regionsLocked(st, now), now, false
 		st.state, st.nodeState = stateUp, nodeServing
+		s.drainsLocked(now)
 	}
 	return http.StatusOK, "The store's state is updated."
 }

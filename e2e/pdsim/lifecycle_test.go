@@ -53,7 +53,7 @@ func TestLifecycle_RefusesBelowMaxReplicas(t *testing.T) {
 	registerN(s, 3)
 	code, body := call(t, s, http.MethodDelete, "/pd/api/v1/store/1", "")
 	require.Equal(t, http.StatusBadRequest, code)
-	require.JSONEq(t, `"[PD:cluster:ErrStoresNotEnough]can not remove store 1 since the number of up stores would be 2 while need 3"`, body)
+	require.JSONEq(t, `"[PD:core:ErrStoresNotEnough]can not remove store 1 since the number of up stores would be 2 while need 3"`, body)
 	require.Equal(t, "Up", mustStore(t, s, 1).StateName)
 
 	// Down stores are still Up for this count.

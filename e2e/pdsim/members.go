@@ -16,6 +16,10 @@ func (m member) clientURLs() []string { return []string{"http://" + m.name + ":2
 func (s *Server) AddMember(name string) (uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.addMemberLocked(name)
+}
+
+func (s *Server) addMemberLocked(name string) (uint64, error) {
 	if name == "" {
 		return 0, fmt.Errorf("member name is empty")
 	}

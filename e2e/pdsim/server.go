@@ -1,6 +1,9 @@
 // Package pdsim simulates the slice of PD's HTTP API the volume-controller
-// uses (notes/pd-api.md): stores with their Up → Offline → Tombstone
-// lifecycle and Disconnected/Down naming, members, health.
+// uses (notes/pd-api.md): stores with their Preparing → Serving and Up →
+// Offline → Tombstone lifecycle and Disconnected/Down naming, members,
+// health, the cluster ID, and the answers before the first store joined.
+// The contract test reads the real PD v26.3.4 answers kept in
+// volumecontroller/pd/testdata and checks the simulator answers alike.
 //
 // It deliberately shares no Go types with volumecontroller/pd: its JSON is
 // written from the documented shapes, so the client's decoding is checked
@@ -19,6 +22,8 @@
 //	POST   /sim/stores/{id}/heartbeat     one heartbeat (409 once Tombstone)
 //	PUT    /sim/stores/{id}/heartbeats    {"enabled": bool} stop / resume
 //	PUT    /sim/stores/{id}/regions       {"count": N}
+//	PUT    /sim/stores/{id}                {"address": "..."} bring a store back (pd-recover)
+//	POST   /sim/rebuild                   {"cluster_id": N, "members": [...], "next_store_id": N}
 //	POST   /sim/members                   {"name": "..."} → {"member_id": N}
 //	DELETE /sim/members/{name}
 //	PUT    /sim/unavailable               {"enabled": bool}
@@ -41,7 +46,10 @@ const (
 	DefaultDisconnectedAfter = 20 * time.Second
 	DefaultDownAfter         = 30 * time.Minute
 	DefaultCheckInterval     = 500 * time.Millisecond
-	DefaultClusterID         = 7000000000000000001
+	DefaultServingAfter      = 2 * time.Second
+	// DefaultClusterID is above 2^53, like real cluster IDs, so a client
+	// that decodes it through a float64 gets it wrong.
+	DefaultClusterID = 7000000000000000001
 )
 
 // Errors returned by the control methods.
@@ -66,9 +74,14 @@ type Options struct {
 	// CheckInterval is how often the simulated PD checks Offline stores;
 	// a drained store becomes Tombstone at the first check after draining.
 	CheckInterval time.Duration
+	// ServingAfter is how long a new store stays Preparing (no node_state
+	// key, state_name "Up") before it is Serving; PD takes seconds in a
+	// small cluster, hours in a big one. Negative means Serving at once.
+	ServingAfter time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-	// ClusterID is reported in the members header.
+	// ClusterID is the cluster's ID, from GET /cluster and in the members
+	// header; zero means DefaultClusterID.
 	ClusterID uint64
 	// Members are the initial PD member names, the first one leading;
 	// nil means one member named "pd-0".
@@ -80,15 +93,19 @@ type Server struct {
 	opts    Options
 	handler http.Handler
 
-	mu          sync.Mutex
-	epoch       time.Time // check ticks are counted from here
-	stores      map[uint64]*store
-	nextStoreID uint64
-	members     []member // in join order
-	leader      string   // member name, "" when none
-	nextMember  uint64
-	unavailable bool
-	garbage     bool
+	mu        sync.Mutex
+	epoch     time.Time // check ticks are counted from here
+	clusterID uint64
+	// bootstrapped is set when the first store joins; before that PD
+	// answers every store request with 500.
+	bootstrapped bool
+	stores       map[uint64]*store
+	nextStoreID  uint64
+	members      []member // in join order
+	leader       string   // member name, "" when none
+	nextMember   uint64
+	unavailable  bool
+	garbage      bool
 	// deletes counts DELETE /store/{id} requests per store, so tests can
 	// show an action was not done twice.
 	deletes map[uint64]int
@@ -113,6 +130,9 @@ func New(opts Options) *Server {
 	if opts.CheckInterval <= 0 {
 		opts.CheckInterval = DefaultCheckInterval
 	}
+	if opts.ServingAfter == 0 {
+		opts.ServingAfter = DefaultServingAfter
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -125,6 +145,7 @@ func New(opts Options) *Server {
 	s := &Server{
 		opts:        opts,
 		epoch:       opts.Now(),
+		clusterID:   opts.ClusterID,
 		stores:      map[uint64]*store{},
 		nextStoreID: 1,
 		// Member ids above 2^63 make a client that decodes numbers as

@@ -13,13 +13,15 @@ const (
 	stateOffline   = 1
 	stateTombstone = 2
 
-	nodeServing  = 1
-	nodeRemoving = 2
-	nodeRemoved  = 3
+	nodePreparing = 0
+	nodeServing   = 1
+	nodeRemoving  = 2
+	nodeRemoved   = 3
 )
 
 const (
-	storeVersion  = "8.5.0"
+	storeVersion  = "26.3.4" // TiKV reports its version without the "v"
+	deployPath    = "/var/lib/tikv"
 	storeCapacity = 1 << 40   // 1 TiB per simulated store
 	regionBytes   = 96 << 20  // TiKV's default region size
 	storeBaseUsed = 256 << 20 // RocksDB and raft logs of an empty store
@@ -35,10 +37,14 @@ type store struct {
 	heartbeating  bool // the store heartbeats continuously
 	lastHeartbeat time.Time
 	startedAt     time.Time
+	servingAt     time.Time // when a Preparing store starts Serving
 	// regions held at regionsAt; while Offline they drain linearly from
-	// there over DrainDelay.
+	// there over DrainDelay, unless stuck.
 	regions   int
 	regionsAt time.Time
+	// stuck: Offline, but too few Up stores are left to take its regions,
+	// so they stay where they are and the store stays Offline.
+	stuck bool
 }
 
 // StoreSnapshot is a store as the simulator sees it at one instant.
@@ -61,7 +67,8 @@ type StoreSnapshot struct {
 // heartbeating. A TiKV whose live (not Tombstone) store already has this
 // address is the same TiKV restarting: it keeps its id and heartbeats again.
 // After the old store is Tombstone the address belongs to a fresh TiKV,
-// which gets a new id, as PD allocates.
+// which gets a new id, as PD allocates. A new store is Preparing for
+// ServingAfter, then Serving. The first store bootstraps the cluster.
 func (s *Server) RegisterStore(address string) uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -73,17 +80,29 @@ func (s *Server) RegisterStore(address string) uint64 {
 		}
 	}
 	id := s.nextStoreID
-	s.nextStoreID++
-	s.stores[id] = &store{
+	s.addStoreLocked(id, address, now)
+	return id
+}
+
+// addStoreLocked puts a store PD has not seen before, heartbeating.
+func (s *Server) addStoreLocked(id uint64, address string, now time.Time) {
+	st := &store{
 		id:            id,
 		address:       address,
-		nodeState:     nodeServing,
+		nodeState:     nodePreparing,
 		heartbeating:  true,
 		lastHeartbeat: now,
 		startedAt:     now,
+		servingAt:     now.Add(s.opts.ServingAfter),
 		regionsAt:     now,
 	}
-	return id
+	if s.opts.ServingAfter < 0 {
+		st.nodeState = nodeServing
+	}
+	s.stores[id] = st
+	s.nextStoreID = max(s.nextStoreID, id+1)
+	s.bootstrapped = true
+	s.drainsLocked(now)
 }
 
 // Heartbeat records one heartbeat. PD refuses heartbeats of a Tombstone
@@ -127,7 +146,8 @@ func (s *Server) SetRegions(id uint64, n int) error {
 		return fmt.Errorf("store %d: negative region count %d", id, n)
 	}
 	return s.withStore(id, func(st *store, now time.Time) error {
-		st.regions, st.regionsAt = n, now
+		st.regions, st.regionsAt, st.stuck = n, now, false
+		s.drainsLocked(now)
 		return nil
 	})
 }
@@ -176,12 +196,16 @@ func (s *Server) sortedStoresLocked() []*store {
 	return out
 }
 
-// advanceLocked buries every Offline store whose burial time has come.
-// Because burial time is a pure function of when draining started, doing
-// this lazily gives the same history as a PD checking on a ticker.
+// advanceLocked brings Preparing stores to Serving and buries every Offline
+// store whose burial time has come. Both times are pure functions of state
+// that only changes on a request or control call, so doing this lazily
+// gives the same history as a PD checking on a ticker.
 func (s *Server) advanceLocked(now time.Time) {
 	for _, st := range s.stores {
-		if st.state != stateOffline {
+		if st.state == stateUp && st.nodeState == nodePreparing && !now.Before(st.servingAt) {
+			st.nodeState = nodeServing
+		}
+		if st.state != stateOffline || st.stuck {
 			continue
 		}
 		at := s.tombstoneAt(st)
@@ -195,6 +219,27 @@ func (s *Server) advanceLocked(now time.Time) {
 		}
 		st.state, st.nodeState = stateTombstone, nodeRemoved
 		st.regions, st.regionsAt = 0, at
+	}
+}
+
+// drainsLocked decides, after the set of Up stores or a store's regions
+// changed, which Offline stores can move their regions away. Each region
+// needs max-replicas Up stores to hold its replicas; with fewer (counted as
+// in PD's removal check, Disconnected and Down stores included) its
+// replicas have nowhere to go, and a store holding any stays Offline until
+// that changes: for ever, if nothing does. Draining resumes from where it
+// stopped.
+func (s *Server) drainsLocked(now time.Time) {
+	up := s.countLocked(stateUp)
+	for _, st := range s.stores {
+		if st.state != stateOffline {
+			continue
+		}
+		left := s.regionsLocked(st, now)
+		stuck := left > 0 && up < s.opts.MaxReplicas
+		if stuck != st.stuck {
+			st.regions, st.regionsAt, st.stuck = left, now, stuck
+		}
 	}
 }
 
@@ -218,7 +263,7 @@ func (s *Server) tombstoneAt(st *store) time.Time {
 }
 
 func (s *Server) regionsLocked(st *store, now time.Time) int {
-	if st.state != stateOffline || st.regions == 0 {
+	if st.state != stateOffline || st.regions == 0 || st.stuck {
 		return st.regions
 	}
 	left := s.drainedAt(st).Sub(now)

@@ -154,16 +154,20 @@ func (c *Client) Stores(ctx context.Context, states ...StoreState) (stores []Sto
 }
 
 // Store returns one store. A store PD does not know (never existed, or its
-// Tombstone record was removed) is an error matching ErrStoreNotFound.
+// Tombstone record was removed) is an error matching ErrStoreNotFound; a PD
+// no TiKV has joined yet answers ErrNotBootstrapped.
 func (c *Client) Store(ctx context.Context, id uint64) (store StoreInfo, err error) {
 	defer c.track("store", time.Now(), &err)
+	if id == 0 {
+		return StoreInfo{}, fmt.Errorf("pd: get store 0: %w", errStoreZero)
+	}
 	resp, err := c.call(ctx, http.MethodGet, "/store/"+strconv.FormatUint(id, 10), nil)
 	if err != nil {
 		return StoreInfo{}, fmt.Errorf("pd: get store %d: %w", id, err)
 	}
 	switch {
 	case resp.status == http.StatusOK:
-	case resp.status == http.StatusNotFound && resp.fromPD():
+	case resp.storeNotFound(id):
 		return StoreInfo{}, fmt.Errorf("pd: get store %d: %w: %s", id, ErrStoreNotFound, resp.message())
 	default:
 		return StoreInfo{}, fmt.Errorf("pd: get store %d: %w", id, resp.statusError())
@@ -178,24 +182,30 @@ func (c *Client) Store(ctx context.Context, id uint64) (store StoreInfo, err err
 // DeleteStore asks PD to take a store offline (PD then moves its regions
 // away and buries it as Tombstone). It returns nil when PD accepted,
 // ErrStoreNotFound, ErrStoreRemoved when the store is already Tombstone
-// (callers treat that as done), or a *RefusedError when PD said no.
+// (callers treat that as done), a *RefusedError when PD said no (e.g. too
+// few Up stores would be left), or ErrNotBootstrapped.
 func (c *Client) DeleteStore(ctx context.Context, id uint64) (err error) {
 	defer c.track("delete_store", time.Now(), &err)
+	if id == 0 {
+		return fmt.Errorf("pd: delete store 0: %w", errStoreZero)
+	}
 	resp, err := c.call(ctx, http.MethodDelete, "/store/"+strconv.FormatUint(id, 10), nil)
 	if err != nil {
 		return fmt.Errorf("pd: delete store %d: %w", id, err)
 	}
+	_, isText := resp.text()
 	switch {
 	case resp.status == http.StatusOK:
-		// PD answers a JSON string; anything else did not come from PD and
-		// must not be taken as an acknowledgement.
-		if !resp.fromPD() {
-			return fmt.Errorf("pd: delete store %d: %w", id, invalid("acknowledgement is not JSON: %q", firstBytes(resp.body)))
+		// PD acknowledges with a JSON string ("The store is set as
+		// Offline."); anything else did not come from PD and must not be
+		// taken as an acknowledgement.
+		if !isText {
+			return fmt.Errorf("pd: delete store %d: %w", id, invalid("acknowledgement is not a JSON string: %q", firstBytes(resp.body)))
 		}
 		return nil
-	case resp.status == http.StatusNotFound && resp.fromPD():
+	case resp.storeNotFound(id):
 		return fmt.Errorf("pd: delete store %d: %w: %s", id, ErrStoreNotFound, resp.message())
-	case resp.status == http.StatusGone && resp.fromPD():
+	case resp.status == http.StatusGone && isText:
 		return fmt.Errorf("pd: delete store %d: %w: %s", id, ErrStoreRemoved, resp.message())
 	case resp.status == http.StatusBadRequest:
 		return fmt.Errorf("pd: delete store %d: %w", id, &RefusedError{Status: resp.status, Message: resp.message()})
@@ -203,7 +213,28 @@ func (c *Client) DeleteStore(ctx context.Context, id uint64) (err error) {
 	return fmt.Errorf("pd: delete store %d: %w", id, resp.statusError())
 }
 
-// Members returns PD's members and leader.
+// ClusterID returns the ID of the PD cluster (GET /cluster). It is fixed
+// when the cluster is created, so an answer with a different ID comes from
+// another cluster, or from this one rebuilt from scratch; either way its
+// store IDs mean other stores. PD answers it before any TiKV joined.
+func (c *Client) ClusterID(ctx context.Context) (id uint64, err error) {
+	defer c.track("cluster_id", time.Now(), &err)
+	resp, err := c.call(ctx, http.MethodGet, "/cluster", nil)
+	if err != nil {
+		return 0, fmt.Errorf("pd: get cluster id: %w", err)
+	}
+	if resp.status != http.StatusOK {
+		return 0, fmt.Errorf("pd: get cluster id: %w", resp.statusError())
+	}
+	id, err = decodeClusterID(resp.body)
+	if err != nil {
+		return 0, fmt.Errorf("pd: get cluster id: %w", err)
+	}
+	return id, nil
+}
+
+// Members returns PD's members and leader, and the cluster ID from the
+// answer's header (an answer without one is ErrInvalidResponse).
 func (c *Client) Members(ctx context.Context) (members Members, err error) {
 	defer c.track("members", time.Now(), &err)
 	resp, err := c.call(ctx, http.MethodGet, "/members", nil)

@@ -60,6 +60,10 @@ type wireMembers struct {
 	Leader  *wireMember  `json:"leader"`
 }
 
+type wireCluster struct {
+	ID *uint64 `json:"id"`
+}
+
 type wireHealth struct {
 	Name       string   `json:"name"`
 	MemberID   uint64   `json:"member_id"`
@@ -158,10 +162,13 @@ func decodeMembers(body []byte) (Members, error) {
 	if len(w.Members) == 0 {
 		return Members{}, invalid("member list is empty")
 	}
-	var m Members
-	if w.Header != nil {
-		m.ClusterID = w.Header.ClusterID
+	// PD always sends the cluster ID; without it the answer could not be
+	// told apart from another cluster's, and a zero would match owner
+	// records that carry none.
+	if w.Header == nil || w.Header.ClusterID == 0 {
+		return Members{}, invalid("member list without header.cluster_id")
 	}
+	m := Members{ClusterID: w.Header.ClusterID}
 	for _, wm := range w.Members {
 		if wm.MemberID == 0 {
 			return Members{}, invalid("member %q without member_id", wm.Name)
@@ -176,6 +183,20 @@ func decodeMembers(body []byte) (Members, error) {
 		m.Leader = &leader
 	}
 	return m, nil
+}
+
+// decodeClusterID decodes `GET /cluster` ({"id": …, "max_peer_count": …}).
+// The ID is decoded straight into a uint64: IDs exceed 2^53, where a
+// float64 would silently round them to another cluster's.
+func decodeClusterID(body []byte) (uint64, error) {
+	var w wireCluster
+	if err := unmarshalShape(body, '{', &w); err != nil {
+		return 0, err
+	}
+	if w.ID == nil || *w.ID == 0 {
+		return 0, invalid("cluster without id")
+	}
+	return *w.ID, nil
 }
 
 // decodeHealth decodes `GET /health`.

@@ -2,6 +2,8 @@ package pd
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -51,6 +53,15 @@ func FuzzDecodeStores(f *testing.F) {
 		`null`, `[]`, `{`, ``, `"x"`,
 	} {
 		f.Add([]byte(seed))
+	}
+	// Every answer the real PD gave, store lists or not.
+	bodies, err := filepath.Glob(filepath.Join(fixtureDir, "*.body"))
+	require.NoError(f, err)
+	require.NotEmpty(f, bodies)
+	for _, name := range bodies {
+		body, err := os.ReadFile(name)
+		require.NoError(f, err)
+		f.Add(body)
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		stores, err := decodeStores(body)

@@ -1,7 +1,6 @@
 package pd
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -20,6 +20,14 @@ var (
 	// ErrStoreRemoved: the store is already Tombstone; a delete has nothing
 	// left to do.
 	ErrStoreRemoved = errors.New("store already removed")
+	// ErrNotBootstrapped: PD answered that no TiKV has joined its cluster
+	// yet (500 "TiKV cluster not bootstrapped"), as it does for every store
+	// request until the first store registers. It tells nothing about any
+	// store, so callers must read it as "unknown", never as "no stores".
+	ErrNotBootstrapped = errors.New("pd cluster not bootstrapped")
+	// errStoreZero: PD numbers stores from 1 and answers 404 for store 0,
+	// which must not read as "that store is gone".
+	errStoreZero = errors.New("store id 0 names no store")
 	// errBodyTooLarge is not retried: the same endpoint will answer the same.
 	errBodyTooLarge = fmt.Errorf("response body exceeds %d bytes", maxBodyBytes)
 )
@@ -38,8 +46,9 @@ func (e *RefusedError) Error() string {
 }
 
 // StatusError is an HTTP status the method does not expect, after any
-// retries. A 404 whose body is not PD's JSON also lands here: it means the
-// URL does not lead to PD's API, not that the store is gone.
+// retries. A 404 that is not PD's JSON string naming the store also lands
+// here: it means the URL does not lead to PD's API, not that the store is
+// gone.
 type StatusError struct {
 	Status  int
 	Message string
@@ -58,18 +67,40 @@ type response struct {
 	body   []byte
 }
 
-// fromPD reports whether the body is JSON, as every answer of PD's API is
-// (errors are JSON strings). A plain-text "404 page not found" comes from a
-// router that does not have the route, which must not read as "no such
-// store": that would let a misconfigured endpoint release disks.
-func (r response) fromPD() bool {
-	return len(bytes.TrimSpace(r.body)) > 0 && json.Valid(r.body)
+// text returns the body when it is a JSON string, the form of every
+// message and error PD's store handlers answer with.
+func (r response) text() (string, bool) {
+	var s string
+	// Unmarshal accepts null for a string; PD never sends it.
+	if !strings.HasPrefix(strings.TrimSpace(string(r.body)), `"`) || json.Unmarshal(r.body, &s) != nil {
+		return "", false
+	}
+	return s, true
+}
+
+// notBootstrapped reports PD's answer to store requests before any TiKV
+// joined. It is matched on the text because PD sends it as a plain 500.
+func (r response) notBootstrapped() bool {
+	s, ok := r.text()
+	return ok && r.status == http.StatusInternalServerError &&
+		(strings.Contains(s, "ErrNotBootstrapped") || strings.Contains(strings.ToLower(s), "not bootstrapped"))
+}
+
+// storeNotFound reports whether a 404 is PD saying it has no store id. PD
+// answers a JSON string naming the store ("[PD:core:ErrStoreNotFound]store
+// 5 not found"; releases before error codes lacked the prefix). A router's
+// plain-text 404, a proxy's JSON object, or a message about another store
+// is not that answer: read as "store gone", it would let a misrouted
+// request release the store's disk.
+func (r response) storeNotFound(id uint64) bool {
+	s, ok := r.text()
+	return ok && r.status == http.StatusNotFound &&
+		strings.Contains(s, "store "+strconv.FormatUint(id, 10)+" not found")
 }
 
 // message extracts PD's error text: a JSON string, or the raw body.
 func (r response) message() string {
-	var s string
-	if err := json.Unmarshal(r.body, &s); err == nil {
+	if s, ok := r.text(); ok {
 		return s
 	}
 	msg := strings.TrimSpace(string(r.body))
@@ -80,13 +111,20 @@ func (r response) message() string {
 	return msg
 }
 
+// statusError describes an answer the method does not expect; PD's
+// not-bootstrapped answer also matches ErrNotBootstrapped.
 func (r response) statusError() error {
-	return &StatusError{Status: r.status, Message: r.message()}
+	err := &StatusError{Status: r.status, Message: r.message()}
+	if r.notBootstrapped() {
+		return fmt.Errorf("%w: %w", ErrNotBootstrapped, err)
+	}
+	return err
 }
 
 // call sends one request with retries. It returns the first answer that is
-// not worth retrying (any 2xx/3xx/4xx except 429) or an error once attempts
-// are exhausted or ctx ends.
+// not worth retrying (any 2xx/3xx/4xx except 429, and PD's not-bootstrapped
+// 500, which stays true until a TiKV joins) or an error once attempts are
+// exhausted or ctx ends.
 func (c *Client) call(ctx context.Context, method, path string, query url.Values) (response, error) {
 	u := *c.base
 	u.Path = c.base.Path + apiPrefix + path
@@ -102,6 +140,8 @@ func (c *Client) call(ctx context.Context, method, path string, query url.Values
 			return response{}, fmt.Errorf("%s %s: %w", method, path, err)
 		case err != nil:
 			lastErr = err
+		case resp.notBootstrapped():
+			return resp, nil
 		case resp.status >= 500 || resp.status == http.StatusTooManyRequests:
 			lastErr = resp.statusError()
 		default:
