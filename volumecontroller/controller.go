@@ -74,12 +74,12 @@ type Controller struct {
 	metrics  *metrics
 	pd       *pdView
 
-	factories  []informers.SharedInformerFactory
-	pvInf      cache.SharedIndexInformer
-	podInf     cache.SharedIndexInformer
+	factories []informers.SharedInformerFactory
+	pvInf     cache.SharedIndexInformer
+	podInf    cache.SharedIndexInformer
 	// podV2Inf caches TiDB Operator v2's TiKV and PD pods by v2's own
 	// labels, in case the v1 set is missing.
-	podV2Inf cache.SharedIndexInformer
+	podV2Inf   cache.SharedIndexInformer
 	pvLister   corelisters.PersistentVolumeLister
 	pvcLister  corelisters.PersistentVolumeClaimLister
 	podLister  corelisters.PodLister

@@ -109,7 +109,7 @@ const (
 	whyBadState    = "the client checks the states before asking"
 	whyCheck       = "the client lists by state number (/stores); /stores/check answers the same body, read here by the same decoder"
 	whyBadID       = "store IDs are uint64: the client cannot ask for \"abc\""
-	whyNotRead     = "the controller does not read PD's version or configuration"
+	whyNotRead     = "the controller does not read PD's version or its scheduling configuration (only max-replicas)"
 	whyForce       = "the controller never tells PD that a machine is physically destroyed"
 	whyBury        = "the controller never removes Tombstone records; PD's GC and the operator do"
 	whyProgress    = "the controller polls the store's state, not the removal progress"
@@ -150,7 +150,7 @@ func contract() map[string]expect {
 		"cluster":                   {outcome: answered},
 		"version":                   unused(whyNotRead),
 		"config_schedule":           unused(whyNotRead),
-		"config_replicate":          unused(whyNotRead),
+		"config_replicate":          {outcome: answered},
 		"nosuch_route":              {outcome: wrongURL, unused: whyWrongRoute, ask: storeCall(1)},
 		"delete_missing":            {outcome: notBootstrapped},
 	}
@@ -366,6 +366,8 @@ func callFor(t *testing.T, r recorded) (string, func(context.Context, *Client) (
 		return base, func(ctx context.Context, c *Client) (any, error) { return nil, c.Ping(ctx) }
 	case r.method == http.MethodGet && path == "/cluster":
 		return base, func(ctx context.Context, c *Client) (any, error) { return c.ClusterID(ctx) }
+	case r.method == http.MethodGet && path == "/config/replicate":
+		return base, func(ctx context.Context, c *Client) (any, error) { return c.MaxReplicas(ctx) }
 	}
 	t.Fatalf("%s: no client method sends %s %s", r.name, r.method, r.target)
 	return "", nil
@@ -480,6 +482,8 @@ func checkValue(t *testing.T, r recorded, w expect, got any) {
 			ClientURLs: []string{"http://127.0.0.1:23790"}, Health: true}}, v)
 	case uint64:
 		require.Equal(t, uint64(fixtureClusterID), v)
+	case int:
+		require.Equal(t, 3, v, "max-replicas")
 	case nil:
 		// Ping, and DeleteStore accepted: nothing but the error to check.
 	default:
@@ -541,6 +545,9 @@ func storeFromMap(t *testing.T, m map[string]any) StoreInfo {
 		NodeState:     NodeState(num(st, "node_state")),
 		StateName:     str("state_name"),
 		RegionCount:   int(num(status, "region_count")),
+	}
+	if sec := num(st, "start_timestamp"); sec > 0 {
+		s.StartTime = time.Unix(sec, 0).UTC()
 	}
 	if ns := num(st, "last_heartbeat"); ns > 0 {
 		s.LastHeartbeat = time.Unix(0, ns).UTC()
