@@ -16,7 +16,7 @@ FUZZTIME  ?= 30s
 E2E_TIMEOUT ?= 60m
 export TIDB_LOCALPV_CACHE := $(CACHE)
 
-.PHONY: all build test unit fuzz e2e e2e-prepare bench demo demo-smoke lint clean help
+.PHONY: all build test unit fuzz e2e e2e-prepare bench demo demo-smoke lint clean help generate
 
 all: build
 
@@ -63,3 +63,6 @@ lint: ## gofmt and go vet (including e2e-tagged files)
 
 clean:
 	rm -rf $(BIN)
+
+generate: ## regenerate the LocalDisk API's deepcopy code and CRD (controller-gen, pinned)
+	$(GO) run sigs.k8s.io/controller-tools/cmd/controller-gen@v0.23.0 object paths=./provisioner/apis/... crd:crdVersions=v1 output:crd:dir=./manifests/crd

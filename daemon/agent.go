@@ -17,6 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -34,6 +36,7 @@ import (
 
 	"github.com/tidb-localpv/tidb-localpv/discovery"
 	"github.com/tidb-localpv/tidb-localpv/provisioner"
+	"github.com/tidb-localpv/tidb-localpv/provisioner/apis/v1alpha1"
 )
 
 // Config is what the agent is told by its flags.
@@ -58,6 +61,9 @@ type Config struct {
 	SysBlockDir string
 	// DeleteWorkers is how many released PVs may be wiped at once.
 	DeleteWorkers int
+	// MissingDiskRetention is how long the LocalDisk of a disk that is gone
+	// (and has no PV) is kept before it is removed.
+	MissingDiskRetention time.Duration
 }
 
 // Deps are the agent's seams to the API server and the operating system.
@@ -71,6 +77,8 @@ type Deps struct {
 	// Clock times how long a disk with data has had no PV; nil is the
 	// real clock.
 	Clock clock.Clock
+	// Dynamic writes the node's LocalDisk objects; nil leaves them out.
+	Dynamic dynamic.Interface
 }
 
 // OSDeps returns Deps backed by the real host.
@@ -114,6 +122,12 @@ type Agent struct {
 	mu        sync.Mutex
 	busy      map[string]string // disk ID being wiped → its path, once located
 	inventory []discovery.ValidEntry
+	// diskIdx caches this node's LocalDisk objects (unstructured).
+	diskIdx    cache.Indexer
+	diskSynced cache.InformerSynced
+	dynFactory dynamicinformer.DynamicSharedInformerFactory
+	// wipes remembers each disk's last completed wipe for its LocalDisk.
+	wipes map[string]*v1alpha1.Wipe
 	// orphanSince is when a disk holding data was first confirmed (by a
 	// fresh API read) to have no PV; it is wiped only a resync period later.
 	orphanSince map[string]time.Time
@@ -131,6 +145,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	if cfg.DeleteWorkers <= 0 {
 		cfg.DeleteWorkers = 2
+	}
+	if cfg.MissingDiskRetention <= 0 {
+		cfg.MissingDiskRetention = 24 * time.Hour
 	}
 	resync := cfg.ResyncPeriod
 	client := deps.Client
@@ -176,6 +193,8 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		metrics:     newMetrics(deps.Registry),
 		busy:        map[string]string{},
 		orphanSince: map[string]time.Time{},
+		wipes:       map[string]*v1alpha1.Wipe{},
+		diskIdx:     cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
 	}
 	if a.deps.Clock == nil {
 		a.deps.Clock = clock.RealClock{}
@@ -205,6 +224,14 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		a.synced = append(a.synced, inf.HasSynced)
 	}
 	a.synced = append(a.synced, a.claimsInf.HasSynced)
+	if deps.Dynamic != nil {
+		a.dynFactory = dynamicinformer.NewFilteredDynamicSharedInformerFactory(deps.Dynamic, resync, "", func(o *metav1.ListOptions) {
+			o.LabelSelector = labels.Set{provisioner.LabelNode: cfg.NodeName}.String()
+		})
+		inf := a.dynFactory.ForResource(v1alpha1.Resource).Informer()
+		a.diskIdx = inf.GetIndexer()
+		a.synced = append(a.synced, inf.HasSynced)
+	}
 	a.factories = []informers.SharedInformerFactory{ownPVs, inventory, ownNode, cluster, noClaims}
 	return a, nil
 }
@@ -237,9 +264,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer broadcaster.Shutdown()
 	a.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "tidb-localpv-agent", Host: a.cfg.NodeName})
 	a.events = newReporter(a.recorder)
+	a.events.clock = a.deps.Clock
 
 	for _, f := range a.factories {
 		f.Start(ctx.Done())
+	}
+	if a.dynFactory != nil {
+		a.dynFactory.Start(ctx.Done())
 	}
 	log.Info("waiting for caches", "node", a.cfg.NodeName)
 	if !cache.WaitForCacheSync(ctx.Done(), a.synced...) {

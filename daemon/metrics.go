@@ -13,6 +13,7 @@ type metrics struct {
 	errors          *prometheus.CounterVec
 	inventoryBad    prometheus.Gauge
 	inventoryErrors prometheus.Counter
+	statusWrites    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -43,7 +44,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "tidb_localpv_inventory_errors_total",
 			Help: "Inventory problems reported (each distinct problem once per ConfigMap version).",
 		}),
+		statusWrites: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tidb_localpv_localdisk_status_writes_total",
+			Help: "LocalDisk status updates written by this agent (only on change: an idle node writes none).",
+		}),
 	}
-	reg.MustRegister(m.disks, m.reconcileTime, m.wipeTime, m.errors, m.inventoryBad, m.inventoryErrors)
+	reg.MustRegister(m.disks, m.reconcileTime, m.wipeTime, m.errors, m.inventoryBad, m.inventoryErrors, m.statusWrites)
 	return m
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/tidb-localpv/tidb-localpv/discovery"
 	"github.com/tidb-localpv/tidb-localpv/provisioner"
+	"github.com/tidb-localpv/tidb-localpv/provisioner/apis/v1alpha1"
 )
 
 // disk states, as the tidb_localpv_disks metric reports them.
@@ -65,9 +66,11 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	}
 	counts := map[[2]string]float64{}
 	idle := scan.Disks[:0:0]
+	busy := map[string]bool{}
 	for _, d := range scan.Disks {
 		if a.pathBusy(d.Path) {
 			counts[[2]string{d.Class, stateWiping}]++
+			busy[d.Path] = true
 			continue
 		}
 		idle = append(idle, d)
@@ -119,16 +122,21 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	}
 
 	orphans := map[string]bool{}
+	reports := make([]diskReport, 0, len(disks))
 	for _, d := range disks {
-		state, again, err := a.syncDisk(ctx, d, byID, byPath)
+		st, again, err := a.syncDisk(ctx, d, byID, byPath)
 		if err != nil {
 			errs = append(errs, err)
 		}
 		requeue = requeue || again
-		counts[[2]string{d.Class, state}]++
-		if state == stateOrphan {
+		counts[[2]string{d.Class, st.state}]++
+		if st.state == stateOrphan {
 			orphans[d.ID] = true
 		}
+		reports = append(reports, diskReport{found: d, status: st})
+	}
+	if err := a.syncLocalDisks(ctx, reports, pvs, busy); err != nil {
+		errs = append(errs, err)
 	}
 	a.mu.Lock()
 	for id := range a.orphanSince {
@@ -245,16 +253,29 @@ func (a *Agent) identifyBlock(f *found) {
 	f.HasData = a.blockKnown(id)
 }
 
-// syncDisk adopts, wipes or publishes one disk and returns its state.
-func (a *Agent) syncDisk(ctx context.Context, d found, byID, byPath map[string]*corev1.PersistentVolume) (state string, requeue bool, err error) {
+// diskStatus is what one pass found of one disk: its state for the
+// tidb_localpv_disks metric and its LocalDisk's phase, reason and message.
+type diskStatus struct {
+	state   string
+	phase   v1alpha1.Phase
+	reason  string
+	message string
+}
+
+func status(state string, phase v1alpha1.Phase, reason, format string, args ...any) diskStatus {
+	return diskStatus{state: state, phase: phase, reason: reason, message: fmt.Sprintf(format, args...)}
+}
+
+// syncDisk adopts, wipes or publishes one disk and returns its status.
+func (a *Agent) syncDisk(ctx context.Context, d found, byID, byPath map[string]*corev1.PersistentVolume) (st diskStatus, requeue bool, err error) {
 	log := klog.FromContext(ctx).WithValues("path", d.Path, "disk", d.ID)
 	switch {
 	case d.Foreign:
-		return stateForeign, false, nil
+		return status(stateForeign, v1alpha1.PhaseForeign, "HoldsDataWithoutIdentity", "%s", d.Problem), false, nil
 	case d.ID == "":
-		return stateUnpublished, false, nil
+		return status(stateUnpublished, v1alpha1.PhaseFailed, "Unidentifiable", "%s", d.Problem), false, nil
 	case a.isBusy(d.ID):
-		return stateWiping, false, nil
+		return status(stateWiping, v1alpha1.PhaseWiping, "Wiping", "being wiped"), false, nil
 	}
 	if pv, ok := byID[d.ID]; ok {
 		return a.adopt(ctx, d, pv), false, nil
@@ -262,9 +283,9 @@ func (a *Agent) syncDisk(ctx context.Context, d found, byID, byPath map[string]*
 	if old, ok := byPath[d.Path]; ok {
 		// Another disk's PV still names this path; publishing now would
 		// give two PVs one path. handleMissing removes it once unbound.
-		a.events.once("disk/"+d.Path, a.nodeRef(), ReasonDiskConflict,
-			fmt.Sprintf("disk %s at %s waits for PV %s (%s, disk %s) of the disk that was there before", d.ID, d.Path, old.Name, old.Status.Phase, old.Labels[provisioner.LabelDisk]))
-		return stateUnpublished, false, nil
+		msg := fmt.Sprintf("disk %s at %s waits for PV %s (%s, disk %s) of the disk that was there before", d.ID, d.Path, old.Name, old.Status.Phase, old.Labels[provisioner.LabelDisk])
+		a.events.once("disk/"+d.Path, a.nodeRef(), ReasonDiskConflict, msg)
+		return status(stateUnpublished, v1alpha1.PhaseConflict, "PathNamedByAnotherPV", "%s", msg), false, nil
 	}
 	if d.Wiping || d.HasData {
 		// Rule 3: a disk with data whose PV is gone is wiped before reuse —
@@ -275,22 +296,23 @@ func (a *Agent) syncDisk(ctx context.Context, d found, byID, byPath map[string]*
 	if apierrors.IsAlreadyExists(err) {
 		// The previous PV of this disk is still being deleted; try again soon.
 		log.V(2).Info("PV name still taken; retrying")
-		return stateUnpublished, true, nil
+		return status(stateUnpublished, v1alpha1.PhaseUnpublished, "PVNameTaken", "the disk's previous PV is still being deleted; published once it is gone"), true, nil
 	}
 	if err != nil {
 		a.metrics.errors.WithLabelValues("publish").Inc()
-		return stateUnpublished, false, err
+		return status(stateUnpublished, v1alpha1.PhaseUnpublished, "PublishFailed", "creating its PV failed: %v", err), false, err
 	}
 	if created == nil {
-		return stateUnpublished, false, nil
+		return status(stateUnpublished, v1alpha1.PhaseUnpublished, "StorageClassMissing", "StorageClass %s does not exist; create it (see manifests/storageclasses.yaml)", d.Class), false, nil
 	}
-	return stateAvailable, false, nil
+	return status(stateAvailable, v1alpha1.PhaseAvailable, "Published", "published as PV %s", created.Name), false, nil
 }
 
-func (a *Agent) adopt(ctx context.Context, d found, pv *corev1.PersistentVolume) string {
+func (a *Agent) adopt(ctx context.Context, d found, pv *corev1.PersistentVolume) diskStatus {
 	if pv.Spec.Local.Path != d.Path {
-		a.events.once("pv/"+pv.Name, pv, ReasonDiskConflict,
-			fmt.Sprintf("disk %s is now at %s but PV %s says %s; remount it at %s", d.ID, d.Path, pv.Name, pv.Spec.Local.Path, pv.Spec.Local.Path))
+		msg := fmt.Sprintf("disk %s is now at %s but PV %s says %s; remount it at %s", d.ID, d.Path, pv.Name, pv.Spec.Local.Path, pv.Spec.Local.Path)
+		a.events.once("pv/"+pv.Name, pv, ReasonDiskConflict, msg)
+		return status(stateUnpublished, v1alpha1.PhaseConflict, "MovedFromPVPath", "%s", msg)
 	}
 	if _, missing := pv.Annotations[provisioner.AnnDiskMissing]; missing {
 		if err := a.patchAnnotation(ctx, pv, provisioner.AnnDiskMissing, nil); err == nil {
@@ -300,12 +322,30 @@ func (a *Agent) adopt(ctx context.Context, d found, pv *corev1.PersistentVolume)
 	}
 	switch pv.Status.Phase {
 	case corev1.VolumeBound:
-		return stateBound
+		return status(stateBound, v1alpha1.PhaseBound, "Bound", "bound to claim %s", claimName(pv))
 	case corev1.VolumeReleased, corev1.VolumeFailed:
-		return stateReleased
+		if provisioner.Owned(pv) && !provisioner.ReleaseApproved(pv) {
+			return status(stateReleased, v1alpha1.PhaseReleased, "AwaitingApproval", "claim %s is gone; the disk holds the data of %s and is wiped only once the volume-controller confirms in PD that it is gone", claimName(pv), ownerOf(pv))
+		}
+		if pv.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
+			return status(stateReleased, v1alpha1.PhaseReleased, "Retained", "claim %s is gone; reclaimPolicy %s keeps the data until the volume-controller (or you) set it to Delete", claimName(pv), pv.Spec.PersistentVolumeReclaimPolicy)
+		}
+		return status(stateReleased, v1alpha1.PhaseReleased, "AwaitingWipe", "claim %s is gone; the disk is being recycled", claimName(pv))
 	default:
-		return stateAvailable
+		return status(stateAvailable, v1alpha1.PhaseAvailable, "Published", "published as PV %s", pv.Name)
 	}
+}
+
+func claimName(pv *corev1.PersistentVolume) string {
+	if pv.Spec.ClaimRef == nil {
+		return "-"
+	}
+	return pv.Spec.ClaimRef.Namespace + "/" + pv.Spec.ClaimRef.Name
+}
+
+func ownerOf(pv *corev1.PersistentVolume) string {
+	rec, _ := provisioner.OwnershipOf(pv)
+	return rec.Owner()
 }
 
 func (a *Agent) publish(ctx context.Context, d found) (*corev1.PersistentVolume, error) {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tidb-localpv/tidb-localpv/discovery"
 	"github.com/tidb-localpv/tidb-localpv/provisioner"
+	"github.com/tidb-localpv/tidb-localpv/provisioner/apis/v1alpha1"
 )
 
 var _ provisioner.Recycler = (*Agent)(nil)
@@ -136,6 +137,7 @@ func (a *Agent) wipe(ctx context.Context, d found, pv *corev1.PersistentVolume) 
 		}
 	}
 	a.metrics.wipeTime.WithLabelValues(res.Method).Observe(res.Duration.Seconds())
+	a.noteWipe(d.ID, res, a.deps.Clock.Now())
 	log.Info("wiped disk", "method", res.Method, "files", res.Files, "dirs", res.Dirs, "duration", res.Duration)
 	a.events.event(subject, corev1.EventTypeNormal, ReasonWiped,
 		fmt.Sprintf("disk %s at %s wiped by %s in %s (%d files, %d directories)", d.ID, d.Path, res.Method, roundDuration(res.Duration), res.Files, res.Dirs))
@@ -151,21 +153,21 @@ func (a *Agent) wipe(ctx context.Context, d found, pv *corev1.PersistentVolume) 
 // ever recorded gets its PV back, bound to the recorded claim, and waits
 // for the volume-controller's approval like any released disk; any other
 // is wiped once its absence has lasted a resync period.
-func (a *Agent) syncOrphan(ctx context.Context, d found) (state string, requeue bool, err error) {
+func (a *Agent) syncOrphan(ctx context.Context, d found) (diskStatus, bool, error) {
 	rec, owned, err := a.ownerRecord(d.ID)
 	if err != nil {
-		a.events.once("disk/"+d.Path, a.nodeRef(), ReasonDiskConflict,
-			fmt.Sprintf("disk %s at %s holds data and its ownership record cannot be read (%v); not wiped, not published", d.ID, d.Path, err))
-		return stateUnpublished, false, err
+		msg := fmt.Sprintf("disk %s at %s holds data and its ownership record cannot be read (%v); not wiped, not published", d.ID, d.Path, err)
+		a.events.once("disk/"+d.Path, a.nodeRef(), ReasonDiskConflict, msg)
+		return status(stateUnpublished, v1alpha1.PhaseFailed, "OwnershipRecordUnreadable", "%s", msg), false, err
 	}
-	if named, err := a.namedByAnyPV(ctx, d); err != nil || named {
-		return stateUnpublished, false, err
+	if named, err := a.namedByAnyPV(ctx, d); err != nil || named != "" {
+		return status(stateUnpublished, v1alpha1.PhaseConflict, "NamedByAnotherPV", "%s", named), false, err
 	}
 	if owned {
 		if err := a.republishForApproval(ctx, d, rec); err != nil {
-			return stateUnpublished, false, err
+			return status(stateUnpublished, v1alpha1.PhaseUnpublished, "RepublishFailed", "holds the data of %s without a PV; re-creating its PV failed: %v", rec.Owner(), err), false, err
 		}
-		return stateReleased, false, nil
+		return status(stateReleased, v1alpha1.PhaseReleased, "AwaitingApproval", "holds the data of %s; its PV was re-created for claim %s and the disk is wiped only once the volume-controller confirms in PD that %s is gone", rec.Owner(), rec.ClaimName, rec.Owner()), false, nil
 	}
 	now := a.deps.Clock.Now()
 	a.mu.Lock()
@@ -180,20 +182,21 @@ func (a *Agent) syncOrphan(ctx context.Context, d found) (state string, requeue 
 			klog.FromContext(ctx).Info("disk holds data and has no PV; wiping it if that lasts", "path", d.Path, "disk", d.ID, "after", wait)
 		}
 		a.queue.AddAfter(reconcileKey, wait)
-		return stateOrphan, false, nil
+		return status(stateOrphan, v1alpha1.PhaseUnpublished, "HoldsDataWithoutPV", "holds data, no PV names it and no owner was ever recorded; it is wiped at %s if that still holds", since.Add(a.cfg.ResyncPeriod).UTC().Format(time.RFC3339)), false, nil
 	}
 	if err := a.startOrphanWipe(ctx, d); err != nil {
-		return stateUnpublished, false, err
+		return status(stateUnpublished, v1alpha1.PhaseFailed, "WipeFailed", "%v", err), false, err
 	}
-	return stateWiping, false, nil
+	return status(stateWiping, v1alpha1.PhaseWiping, "WipingOrphan", "holds data without a PV or an owner: being wiped before it is published"), false, nil
 }
 
-// namedByAnyPV lists every PV afresh and reports (with an event) one that
-// names the disk by identity anywhere, or by path on this node.
-func (a *Agent) namedByAnyPV(ctx context.Context, d found) (bool, error) {
+// namedByAnyPV lists every PV afresh and reports (with an event, and as
+// the returned message) the PVs that name the disk by identity anywhere, or
+// by path on this node.
+func (a *Agent) namedByAnyPV(ctx context.Context, d found) (string, error) {
 	list, err := a.deps.Client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return false, fmt.Errorf("check PVs of disk %s before touching it: %w", d.ID, err)
+		return "", fmt.Errorf("check PVs of disk %s before touching it: %w", d.ID, err)
 	}
 	hostname := a.node().Hostname
 	var names []string
@@ -210,11 +213,11 @@ func (a *Agent) namedByAnyPV(ctx context.Context, d found) (bool, error) {
 		names = append(names, desc)
 	}
 	if len(names) == 0 {
-		return false, nil
+		return "", nil
 	}
-	a.events.once("disk/"+d.Path, a.nodeRef(), ReasonDiskConflict,
-		fmt.Sprintf("disk %s at %s holds data and is named by PV %s; not wiped, not published", d.ID, d.Path, strings.Join(names, ", ")))
-	return true, nil
+	msg := fmt.Sprintf("disk %s at %s holds data and is named by PV %s; not wiped, not published", d.ID, d.Path, strings.Join(names, ", "))
+	a.events.once("disk/"+d.Path, a.nodeRef(), ReasonDiskConflict, msg)
+	return msg, nil
 }
 
 func orDash(s string) string {

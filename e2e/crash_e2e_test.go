@@ -40,6 +40,9 @@ func TestAgentKilledDuringWipe_FinishesTheWipeBeforeThePVReturns(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, n.StartAgent(ctx))
 	waitAvailable(ctx, t, env, "node-a", 1)
+	// The classes ship with reclaimPolicy Retain; the volume-controller sets
+	// a claim's PV to Delete once it sees no TiKV or PD pod uses it.
+	startPlainController(t, env)
 
 	sts, err := env.Cluster.Client.AppsV1().StatefulSets("default").Create(ctx, tikvStatefulSet("crash", 1), metav1.CreateOptions{})
 	require.NoError(t, err)
@@ -50,6 +53,7 @@ func TestAgentKilledDuringWipe_FinishesTheWipeBeforeThePVReturns(t *testing.T) {
 	writeManyFiles(t, disk, slowDirs, slowFilesPerDir)
 	t.Logf("wrote %d files into %s in %s", slowDirs*slowFilesPerDir, disk, time.Since(made).Round(time.Millisecond))
 
+	waitReclaimDelete(ctx, t, env, old.Name)
 	scaleStatefulSet(ctx, t, env, sts, 0, 1)
 	deleteClaim(ctx, t, env, placed.Claim)
 

@@ -109,3 +109,27 @@ func tikvStatefulSet(name string, replicas int32) *appsv1.StatefulSet {
 }
 
 func podName(sts string, i int) string { return fmt.Sprintf("%s-%d", sts, i) }
+
+// startPlainController runs the volume-controller as the Deployment does,
+// for scenarios without TiDB: it sets the PVs of plain claims to Delete.
+func startPlainController(t *testing.T, env *sim.Env) {
+	t.Helper()
+	p, err := env.StartController(context.Background(), "controller", "--pd-poll-interval=1s", "-v=2")
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		if t.Failed() {
+			data, _ := os.ReadFile(p.LogPath())
+			t.Logf("---- controller ----\n%s", data)
+		}
+	})
+}
+
+// waitReclaimDelete waits until the volume-controller has set the PV of a
+// plain claim to Delete.
+func waitReclaimDelete(ctx context.Context, t *testing.T, env *sim.Env, pv string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		got, err := env.Cluster.Client.CoreV1().PersistentVolumes().Get(ctx, pv, metav1.GetOptions{})
+		return err == nil && got.Spec.PersistentVolumeReclaimPolicy == corev1.PersistentVolumeReclaimDelete
+	}, waitLong, 50*time.Millisecond, "the controller never set PV %s to Delete", pv)
+}

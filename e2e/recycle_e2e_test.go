@@ -29,6 +29,9 @@ func TestReleasedDisk_IsWipedAndPublishedAgainAsANewPV(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, n.StartAgent(ctx))
 	waitAvailable(ctx, t, env, "node-a", 1)
+	// The classes ship with reclaimPolicy Retain; the volume-controller sets
+	// a claim's PV to Delete once it sees no TiKV or PD pod uses it.
+	startPlainController(t, env)
 
 	sts, err := env.Cluster.Client.AppsV1().StatefulSets("default").Create(ctx, tikvStatefulSet("recycle", 1), metav1.CreateOptions{})
 	require.NoError(t, err)
@@ -41,6 +44,7 @@ func TestReleasedDisk_IsWipedAndPublishedAgainAsANewPV(t *testing.T) {
 
 	// The claim is in use while its pod exists (pvc-protection would hold
 	// it), so the StatefulSet goes to 0 first, as in a TiKV scale-in.
+	waitReclaimDelete(ctx, t, env, old.Name)
 	scaleStatefulSet(ctx, t, env, sts, 0, 1)
 	deleted := time.Now()
 	deleteClaim(ctx, t, env, placed.Claim)

@@ -9,6 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
 	"github.com/tidb-localpv/tidb-localpv/daemon"
@@ -31,6 +33,7 @@ type agentOptions struct {
 	byIDDir          string
 	sysBlockDir      string
 	deleteWorkers    int
+	missingRetention time.Duration
 }
 
 func newAgentCommand() *cobra.Command {
@@ -61,6 +64,7 @@ reclaimPolicy Delete it wipes the disk and publishes it again.`,
 	f.StringVar(&o.byIDDir, "by-id-dir", "/dev/disk/by-id", "directory of stable device links, for Block disk identity")
 	f.StringVar(&o.sysBlockDir, "sys-block-dir", "/sys/class/block", "sysfs block directory, for Block disk identity")
 	f.IntVar(&o.deleteWorkers, "delete-workers", 2, "released PVs wiped in parallel")
+	f.DurationVar(&o.missingRetention, "missing-disk-retention", 24*time.Hour, "how long the LocalDisk of a disk that is gone (and has no PV) is kept before it is removed")
 	for _, hidden := range []string{"mountinfo", "dev-dir", "by-id-dir", "sys-block-dir"} {
 		_ = f.MarkHidden(hidden)
 	}
@@ -71,7 +75,7 @@ func (o *agentOptions) config() (daemon.Config, error) {
 	cfg := daemon.Config{
 		NodeName: o.nodeName, StateDir: o.stateDir, ResyncPeriod: o.resync,
 		MountInfo: o.mountInfo, DevDir: o.devDir, ByIDDir: o.byIDDir, SysBlockDir: o.sysBlockDir,
-		DeleteWorkers: o.deleteWorkers,
+		DeleteWorkers: o.deleteWorkers, MissingDiskRetention: o.missingRetention,
 	}
 	if cfg.NodeName == "" {
 		return cfg, fmt.Errorf("--node-name is empty and NODE_NAME is not set; the DaemonSet sets it from spec.nodeName")
@@ -110,6 +114,9 @@ func (o *agentOptions) config() (daemon.Config, error) {
 	if o.resync <= 0 {
 		return cfg, fmt.Errorf("--resync-period must be positive")
 	}
+	if o.missingRetention <= 0 {
+		return cfg, fmt.Errorf("--missing-disk-retention must be positive")
+	}
 	if !filepath.IsAbs(o.stateDir) {
 		return cfg, fmt.Errorf("--state-dir %q must be absolute", o.stateDir)
 	}
@@ -121,13 +128,23 @@ func runAgent(cmd *cobra.Command, o *agentOptions) error {
 	if err != nil {
 		return err
 	}
-	client, err := o.kube.client("tidb-localpv-agent")
+	restCfg, err := o.kube.config("tidb-localpv-agent")
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return err
+	}
+	dyn, err := dynamic.NewForConfig(restCfg)
 	if err != nil {
 		return err
 	}
 	ctx := klog.NewContext(cmd.Context(), klog.Background().WithValues("node", cfg.NodeName))
 	reg := newRegistry()
-	agent, err := daemon.New(cfg, daemon.OSDeps(client, cfg, reg))
+	deps := daemon.OSDeps(client, cfg, reg)
+	deps.Dynamic = dyn
+	agent, err := daemon.New(cfg, deps)
 	if err != nil {
 		return err
 	}
