@@ -40,6 +40,7 @@ type found struct {
 	HasData bool
 	Foreign bool // holds data but no identity: never ours to wipe
 	Problem string
+	state   string // set when the disk could not be identified this pass
 }
 
 // reconcile brings the node's PVs in line with its disks. It is idempotent
@@ -80,7 +81,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		byID[pv.Labels[provisioner.LabelDisk]] = pv
 		byPath[pv.Spec.Local.Path] = pv
 	}
-	present := map[string]bool{}
+	present, unsure := map[string]bool{}, unidentified(disks)
 	for _, d := range disks {
 		if d.ID != "" {
 			present[d.ID] = true
@@ -94,7 +95,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	// once its predecessor's unbound PV is gone.
 	for _, pv := range pvs {
 		id := pv.Labels[provisioner.LabelDisk]
-		if present[id] || a.isBusy(id) {
+		if present[id] || a.isBusy(id) || unsure[pv.Spec.Local.Path] {
 			continue
 		}
 		counts[[2]string{pv.Spec.StorageClassName, stateMissing}]++
@@ -144,6 +145,8 @@ func (a *Agent) ownPVs() ([]*corev1.PersistentVolume, error) {
 func (a *Agent) syncDisk(ctx context.Context, d found, byID, byPath map[string]*corev1.PersistentVolume) (state string, requeue bool, err error) {
 	log := klog.FromContext(ctx).WithValues("path", d.Path, "disk", d.ID)
 	switch {
+	case d.state != "":
+		return d.state, false, nil
 	case d.Foreign:
 		return stateForeign, false, nil
 	case d.ID == "":
