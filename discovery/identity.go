@@ -21,7 +21,8 @@ import (
 // Wiping never removes it, so the disk keeps its identity across recycles.
 const MarkerName = ".tidb-localpv-disk"
 
-// markerTemp is where a new marker is written before it is renamed into place.
+// markerTemp starts the names a new marker is written under before it is
+// renamed into place.
 const markerTemp = MarkerName + ".tmp"
 
 // LostFound is created by mkfs.ext4 and is part of an empty filesystem.
@@ -214,26 +215,20 @@ func WriteMarkerAt(dir *os.File, m Marker) error {
 		return fmt.Errorf("encode marker: %w", err)
 	}
 	root, dfd := dir.Name(), int(dir.Fd())
-	// A crash between create and rename leaves the temporary file; it is
-	// ours to replace only if it is a plain file: anything else was put
-	// there by someone else and is left for the wipe to remove.
-	var st unix.Stat_t
-	switch err := unix.Fstatat(dfd, markerTemp, &st, unix.AT_SYMLINK_NOFOLLOW); {
-	case errors.Is(err, unix.ENOENT):
-	case err != nil:
-		return fmt.Errorf("stat stale marker in %s: %w", root, err)
-	case st.Mode&unix.S_IFMT != unix.S_IFREG:
-		return fmt.Errorf("%w: %s is %s; remove it", ErrUnsafeMarker, filepath.Join(root, markerTemp), FileKind(st.Mode))
-	default:
-		if err := unix.Unlinkat(dfd, markerTemp, 0); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("remove stale marker in %s: %w", root, err)
-		}
+	// A fresh random name each time: a fixed one could be taken by the
+	// consumer (a directory, a FIFO) and block every marker write, the
+	// wipe's first among them. A crash leaves the temporary file behind,
+	// which Contents ignores and a wipe removes.
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return fmt.Errorf("name temporary marker: %w", err)
 	}
-	fd, err := unix.Openat(dfd, markerTemp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	tmp := markerTemp + "." + hex.EncodeToString(b[:])
+	fd, err := unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return fmt.Errorf("create marker in %s: %w", root, err)
 	}
-	f := os.NewFile(uintptr(fd), filepath.Join(root, markerTemp))
+	f := os.NewFile(uintptr(fd), filepath.Join(root, tmp))
 	_, werr := f.Write(data)
 	if werr == nil {
 		werr = f.Sync()
@@ -242,9 +237,11 @@ func WriteMarkerAt(dir *os.File, m Marker) error {
 		werr = cerr
 	}
 	if werr != nil {
+		_ = unix.Unlinkat(dfd, tmp, 0)
 		return fmt.Errorf("write marker in %s: %w", root, werr)
 	}
-	if err := unix.Renameat(dfd, markerTemp, dfd, MarkerName); err != nil {
+	if err := unix.Renameat(dfd, tmp, dfd, MarkerName); err != nil {
+		_ = unix.Unlinkat(dfd, tmp, 0)
 		return fmt.Errorf("install marker in %s: %w", root, err)
 	}
 	if err := dir.Sync(); err != nil {
@@ -256,9 +253,9 @@ func WriteMarkerAt(dir *os.File, m Marker) error {
 // Contents lists what a disk's root holds besides the disk's own names; an
 // empty result means the disk holds no user data. The marker is left to
 // ReadMarker to judge. lost+found counts only when it holds something (or
-// is not a directory), and the marker's temporary file only when it is not
-// a plain marker-sized file: a pod owns the root and could otherwise keep
-// data under those names through a wipe. Nothing but directories is opened.
+// is not a directory), and a temporary marker file left by a crash only
+// when it is not a plain marker-sized file: a pod owns the root and could
+// otherwise keep data under those names. Nothing but directories is opened.
 func Contents(root string) ([]string, error) {
 	dfd, err := openDir(root)
 	if err != nil {
@@ -286,7 +283,8 @@ func Contents(root string) ([]string, error) {
 
 // ownEntry reports whether a root entry belongs to the disk, not its user.
 func ownEntry(dir int, root, name string) (bool, error) {
-	if name != MarkerName && name != markerTemp && name != LostFound {
+	temp := strings.HasPrefix(name, markerTemp)
+	if name != MarkerName && !temp && name != LostFound {
 		return false, nil
 	}
 	if name == MarkerName {
@@ -299,7 +297,7 @@ func ownEntry(dir int, root, name string) (bool, error) {
 		}
 		return false, fmt.Errorf("stat %s: %w", filepath.Join(root, name), err)
 	}
-	if name == markerTemp {
+	if temp {
 		return st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size <= MaxMarkerSize, nil
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
