@@ -260,21 +260,27 @@ func (w *Wiper) reformat(ctx context.Context, d discovery.Disk, m discovery.Mark
 		}
 		return Result{}, fmt.Errorf("unmount %s for reformat: %w", d.Path, err)
 	}
-	remount := func(why string) {
+	remount := func(why string) error {
 		// Put the old filesystem back so the disk stays visible (and marked
 		// wiping) rather than vanishing.
-		if err := w.Mounter.Mount(dev, d.Path, m.FSType, nil); err != nil {
+		err := w.Mounter.Mount(dev, d.Path, m.FSType, nil)
+		if err != nil {
 			log.Error(err, "remount after "+why, "device", dev, "path", d.Path)
 		}
+		return err
 	}
 	if err := deviceFree(dev); err != nil {
-		remount("finding the device still in use")
+		if merr := remount("finding the device still in use"); merr != nil {
+			// Not errStillInUse: the path is no longer the disk, and its
+			// contents are not the disk's to remove.
+			return Result{}, fmt.Errorf("%s stays in use after the unmount (%v) and could not be mounted again: %w", dev, err, merr)
+		}
 		return Result{}, fmt.Errorf("%w: %v", errStillInUse, err)
 	}
 	args := MkfsArgs(m.FSType, dev, true)
 	out, err := w.Exec.CommandContext(ctx, "mkfs."+m.FSType, args...).CombinedOutput()
 	if err != nil {
-		remount("a failed reformat")
+		_ = remount("a failed reformat") // logged; the error below is the news
 		return Result{}, fmt.Errorf("mkfs.%s %s: %w: %s", m.FSType, dev, err, strings.TrimSpace(string(out)))
 	}
 	if err := w.Mounter.Mount(dev, d.Path, m.FSType, nil); err != nil {
