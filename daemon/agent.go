@@ -118,6 +118,7 @@ type Agent struct {
 	wiper    *provisioner.Wiper
 	blocks   discovery.BlockIdentity
 	metrics  *metrics
+	io       *diskIO
 
 	mu        sync.Mutex
 	busy      map[string]string // disk ID being wiped → its path, once located
@@ -184,13 +185,15 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 				workqueue.NewTypedItemExponentialFailureRateLimiter[string](200*time.Millisecond, 30*time.Second),
 			),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "agent"}),
-		scanner: &discovery.Scanner{Roots: cfg.Roots, Mounts: deps.Mounts, Sizer: deps.Sizer},
+		// No Sizer: disks are measured by identify, bounded in time.
+		scanner: &discovery.Scanner{Roots: cfg.Roots, Mounts: deps.Mounts},
 		wiper: &provisioner.Wiper{
 			Mounts: deps.Mounts, Mounter: deps.Mounter, Exec: deps.Exec,
 			StateDir: cfg.StateDir, FSMode: cfg.FSWipe, BlockCommand: cfg.BlockWipeCommand,
 		},
 		blocks:      discovery.BlockIdentity{ByIDDir: cfg.ByIDDir, SysBlockDir: cfg.SysBlockDir},
 		metrics:     newMetrics(deps.Registry),
+		io:          newDiskIO(),
 		busy:        map[string]string{},
 		orphanSince: map[string]time.Time{},
 		wipes:       map[string]*v1alpha1.Wipe{},
@@ -199,6 +202,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if a.deps.Clock == nil {
 		a.deps.Clock = clock.RealClock{}
 	}
+	a.wiper.Claim = a.io.claimForWipe
 	a.pvInf = ownPVs.Core().V1().PersistentVolumes().Informer()
 	a.pvLister = ownPVs.Core().V1().PersistentVolumes().Lister()
 	a.cmLister = inventory.Core().V1().ConfigMaps().Lister()

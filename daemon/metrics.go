@@ -20,7 +20,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		disks: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tidb_localpv_disks",
-			Help: "Disks on this node by storage class and state (available, bound, released, wiping, missing, foreign, unpublished).",
+			Help: "Disks on this node by storage class and state (available, bound, released, wiping, missing, foreign, unpublished, stalled).",
 		}, []string{"class", "state"}),
 		reconcileTime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "tidb_localpv_discovery_duration_seconds",
@@ -34,7 +34,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"method"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tidb_localpv_errors_total",
-			Help: "Errors by operation (scan, publish, wipe, prepare, identify, delete).",
+			Help: "Errors by operation (scan, publish, wipe, prepare, identify, identify-timeout, delete).",
 		}, []string{"op"}),
 		inventoryBad: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tidb_localpv_inventory_invalid_entries",

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -57,16 +58,14 @@ func (a *Agent) applyInventory(ctx context.Context) []discovery.ValidEntry {
 	problems = append(problems, bad...)
 
 	usable := make([]discovery.ValidEntry, 0, len(valid))
+	wait, cancel := context.WithTimeout(ctx, a.io.timeout)
+	defer cancel()
 	for _, e := range valid {
 		if e.Mode == corev1.PersistentVolumeFilesystem && e.Device != "" {
-			msg, err := a.prepare(ctx, e, idx)
-			if err != nil {
+			if err := a.prepareBounded(ctx, e, cm, wait.Done()); err != nil {
 				a.metrics.errors.WithLabelValues("prepare").Inc()
 				problems = append(problems, discovery.Problem{Index: e.Index, Target: e.Target(), Message: err.Error()})
 				continue
-			}
-			if msg != "" {
-				a.events.event(cm, corev1.EventTypeNormal, ReasonPrepared, fmt.Sprintf("node %s: %s", a.cfg.NodeName, msg))
 			}
 		}
 		usable = append(usable, e)
@@ -89,10 +88,65 @@ func (a *Agent) setInventory(entries []discovery.ValidEntry, bad int) {
 	a.metrics.inventoryBad.Set(float64(bad))
 }
 
+// prepareBounded runs prepare with the device and its mount target claimed
+// for the inventory step, and waits for it until deadline. A device a wipe
+// or a probe holds is left alone this pass: the wipe unmounts and formats
+// it and owns it until it is done, and a probed disk is mounted already.
+// A prepare that misses the deadline (a large device's format, or a device
+// whose I/O hangs) keeps its claim and finishes in the background; the
+// entry waits for it and the pass goes on with the others.
+func (a *Agent) prepareBounded(ctx context.Context, e discovery.ValidEntry, cm *corev1.ConfigMap, deadline <-chan struct{}) error {
+	type result struct {
+		msg string
+		err error
+	}
+	// Whichever of the run and the wait settles second knows the other
+	// side: a run finishing after the wait gave up asks for another pass.
+	var settled atomic.Bool
+	run, blocker := startProbe(a.io, holderInventory, diskKeys(e.MountTarget, e.Resolved), func() result {
+		msg, err := a.prepare(ctx, e)
+		if msg != "" {
+			a.events.event(cm, corev1.EventTypeNormal, ReasonPrepared, fmt.Sprintf("node %s: %s", a.cfg.NodeName, msg))
+		}
+		if !settled.CompareAndSwap(false, true) {
+			// The pass that started it has moved on: run another to
+			// publish the disk, or to report why it was not prepared.
+			a.enqueue()
+		}
+		return result{msg, err}
+	})
+	switch {
+	case blocker == nil:
+	case blocker.holder == holderInventory:
+		return fmt.Errorf("preparing %s started %s and has not returned (formatting a large device can take this long; a device whose I/O hangs stays like this); the other disks proceed, and this one is taken up when it returns",
+			e.Device, blocker.since.UTC().Format(time.RFC3339))
+	default:
+		klog.FromContext(ctx).V(2).Info("device held; not preparing it this pass", "device", e.Device, "holder", blocker.holder)
+		return nil
+	}
+	res, ok := run.await(deadline)
+	if !ok && settled.CompareAndSwap(false, true) {
+		return fmt.Errorf("preparing %s has not finished within %s (formatting a large device can take this long; a device whose I/O hangs stays like this); the other disks proceed, and this one is taken up when it finishes",
+			e.Device, a.io.timeout)
+	}
+	if !ok {
+		res = <-run.out // it finished between the deadline and the swap
+	}
+	return res.err
+}
+
 // prepare formats (if allowed and blank) and mounts a Filesystem device at
 // its mount target. It returns what it did, for an event, or "" when the
-// device was already in place.
-func (a *Agent) prepare(ctx context.Context, e discovery.ValidEntry, idx discovery.MountIndex) (string, error) {
+// device was already in place. It reads the mount table itself, under the
+// caller's claim: a table read before the claim may predate a wipe's
+// remount, and mounting the device again over it would stack a second
+// mount on the target.
+func (a *Agent) prepare(ctx context.Context, e discovery.ValidEntry) (string, error) {
+	ms, err := a.deps.Mounts.Mounts()
+	if err != nil {
+		return "", fmt.Errorf("read mount table: %w", err)
+	}
+	idx := discovery.IndexMounts(ms)
 	target := e.MountTarget
 	if _, ok := idx[target]; ok {
 		return "", nil // the validator checked it is this device

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -45,6 +44,7 @@ type found struct {
 	HasData bool
 	Foreign bool // holds data but no identity: never ours to wipe
 	Problem string
+	state   string // set when the disk could not be identified this pass
 }
 
 // reconcile brings the node's PVs in line with its disks. It is idempotent
@@ -87,7 +87,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		byID[pv.Labels[provisioner.LabelDisk]] = pv
 		byPath[pv.Spec.Local.Path] = pv
 	}
-	present := map[string]bool{}
+	present, unsure := map[string]bool{}, unidentified(disks)
 	for _, d := range disks {
 		if d.ID != "" {
 			present[d.ID] = true
@@ -112,7 +112,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	// once its predecessor's unbound PV is gone.
 	for _, pv := range pvs {
 		id := pv.Labels[provisioner.LabelDisk]
-		if present[id] || a.isBusy(id) {
+		if present[id] || a.isBusy(id) || unsure[pv.Spec.Local.Path] {
 			continue
 		}
 		counts[[2]string{pv.Spec.StorageClassName, stateMissing}]++
@@ -177,82 +177,6 @@ func (a *Agent) ownPVs() ([]*corev1.PersistentVolume, error) {
 	return out, nil
 }
 
-// identify reads each disk's identity. A filesystem disk without a marker
-// gets one only if it is empty: data without our identity belongs to
-// someone else and is neither published nor wiped.
-func (a *Agent) identify(ctx context.Context, disks []discovery.Disk) []found {
-	out := make([]found, 0, len(disks))
-	for _, d := range disks {
-		f := found{Disk: d}
-		if d.Mode == corev1.PersistentVolumeBlock {
-			a.identifyBlock(&f)
-		} else {
-			a.identifyFilesystem(ctx, &f)
-		}
-		if f.Problem != "" {
-			a.metrics.errors.WithLabelValues("identify").Inc()
-			a.events.once("disk/"+d.Path, a.nodeRef(), ReasonBadDisk, f.Problem)
-		}
-		out = append(out, f)
-	}
-	return out
-}
-
-func (a *Agent) identifyFilesystem(ctx context.Context, f *found) {
-	m, ok, err := discovery.ReadMarker(f.Path)
-	if err != nil {
-		f.Problem = fmt.Sprintf("%s: %v; not published. Inspect the marker file %s; remove it only if the disk holds nothing you need", f.Path, err, discovery.MarkerName)
-		return
-	}
-	contents, err := discovery.Contents(f.Path)
-	if err != nil {
-		f.Problem = fmt.Sprintf("%s cannot be listed: %v", f.Path, err)
-		return
-	}
-	f.HasData = len(contents) > 0
-	if ok {
-		f.ID, f.Wiping = m.ID, m.State == discovery.StateWiping
-		return
-	}
-	if f.HasData {
-		f.Foreign = true
-		f.Problem = fmt.Sprintf("%s holds data (%s) but no tidb-localpv identity, so it is not published and not wiped; empty the disk to have it published", f.Path, firstFew(contents))
-		return
-	}
-	id, err := discovery.NewID()
-	if err != nil {
-		f.Problem = err.Error()
-		return
-	}
-	m = discovery.Marker{ID: id, State: discovery.StateReady, Created: time.Now().UTC()}
-	if f.Device != "" && a.formattedByAgent(ctx, f.Device, f.FSType) {
-		m.FormattedDevice, m.FSType = f.Device, f.FSType
-	}
-	if err := discovery.WriteMarker(f.Path, m); err != nil {
-		f.Problem = fmt.Sprintf("%s: %v", f.Path, err)
-		return
-	}
-	klog.FromContext(ctx).Info("new disk", "path", f.Path, "disk", id)
-	f.ID = id
-}
-
-func (a *Agent) identifyBlock(f *found) {
-	id, src, err := a.blocks.Identify(f.Path)
-	if err != nil {
-		f.Problem = fmt.Sprintf("%s: %v; Block volumes need a stable identity", f.Path, err)
-		return
-	}
-	f.ID, f.Source = id, src
-	wiping, err := a.wiper.BlockWiping(id)
-	if err != nil {
-		f.Problem = fmt.Sprintf("%s: read wipe record: %v", f.Path, err)
-		return
-	}
-	f.Wiping = wiping
-	// A block disk cannot be listed; one published before may hold data.
-	f.HasData = a.blockKnown(id)
-}
-
 // diskStatus is what one pass found of one disk: its state for the
 // tidb_localpv_disks metric and its LocalDisk's phase, reason and message.
 type diskStatus struct {
@@ -270,6 +194,10 @@ func status(state string, phase v1alpha1.Phase, reason, format string, args ...a
 func (a *Agent) syncDisk(ctx context.Context, d found, byID, byPath map[string]*corev1.PersistentVolume) (st diskStatus, requeue bool, err error) {
 	log := klog.FromContext(ctx).WithValues("path", d.Path, "disk", d.ID)
 	switch {
+	case d.state == stateStalled:
+		return status(stateStalled, v1alpha1.PhaseFailed, "Stalled", "%s", orDash(d.Problem)), false, nil
+	case d.state != "":
+		return status(d.state, v1alpha1.PhaseWiping, "Wiping", "being wiped"), false, nil
 	case d.Foreign:
 		return status(stateForeign, v1alpha1.PhaseForeign, "HoldsDataWithoutIdentity", "%s", d.Problem), false, nil
 	case d.ID == "":
@@ -491,11 +419,4 @@ func (a *Agent) forgetBlock(id string) error {
 		return fmt.Errorf("forget wiped block disk %s: %w", id, err)
 	}
 	return nil
-}
-
-func firstFew(names []string) string {
-	if len(names) > 3 {
-		return strings.Join(names[:3], ", ") + ", …"
-	}
-	return strings.Join(names, ", ")
 }

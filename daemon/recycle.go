@@ -88,22 +88,7 @@ func (a *Agent) locate(ctx context.Context, id, path string) (found, bool, error
 		return found{}, false, fmt.Errorf("scan: %w", err)
 	}
 	sortFirst(scan.Disks, path)
-	for _, d := range scan.Disks {
-		f := found{Disk: d}
-		if d.Mode == corev1.PersistentVolumeBlock {
-			a.identifyBlock(&f)
-		} else {
-			m, ok, err := discovery.ReadMarker(d.Path)
-			if err != nil || !ok {
-				continue
-			}
-			f.ID = m.ID
-		}
-		if f.ID == id {
-			return f, true, nil
-		}
-	}
-	return found{}, false, nil
+	return a.findDisk(ctx, id, scan.Disks)
 }
 
 func sortFirst(ds []discovery.Disk, path string) {

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -22,17 +21,12 @@ import (
 // Wiping never removes it, so the disk keeps its identity across recycles.
 const MarkerName = ".tidb-localpv-disk"
 
-// markerTemp is where a new marker is written before it is renamed into place.
+// markerTemp starts the names a new marker is written under before it is
+// renamed into place.
 const markerTemp = MarkerName + ".tmp"
 
 // LostFound is created by mkfs.ext4 and is part of an empty filesystem.
 const LostFound = "lost+found"
-
-// Reserved reports whether a name at a disk's root belongs to the disk
-// itself rather than to its user: wiping keeps these and emptiness ignores them.
-func Reserved(name string) bool {
-	return name == MarkerName || name == markerTemp || name == LostFound
-}
 
 // State is the lifecycle state recorded in a marker.
 type State string
@@ -68,22 +62,74 @@ func NewID() (string, error) {
 // ErrCorruptMarker means a marker exists but cannot be trusted.
 var ErrCorruptMarker = errors.New("corrupt identity marker")
 
+// ErrUnsafeMarker means something other than a marker-sized regular file
+// sits where the marker belongs: a FIFO, socket, device node, directory,
+// symbolic link or huge file. A pod using the disk owns its root and can
+// plant one; it is never read, and the disk is neither published nor wiped
+// until someone puts a marker back.
+var ErrUnsafeMarker = errors.New("identity marker is not a regular file")
+
+// MaxMarkerSize bounds a marker file; a real one is about 200 bytes.
+const MaxMarkerSize = 64 << 10
+
+// markerOpenFlags never block and never follow: a FIFO opens at once
+// instead of waiting for a writer, a link is refused, and a terminal
+// cannot become the agent's controlling one.
+const markerOpenFlags = unix.O_RDONLY | unix.O_NONBLOCK | unix.O_NOFOLLOW | unix.O_NOCTTY | unix.O_CLOEXEC
+
 // ReadMarker reads the marker at a disk's root. A missing marker returns
-// ok=false. The marker is opened without following symbolic links so that
-// a link planted in its place cannot redirect it.
+// ok=false. Only a regular file of marker size is read: the entry is
+// checked before it is opened (so a device node planted there is not opened
+// at all), opened without blocking or following links, and checked again
+// on the open descriptor, in case it was swapped in between.
 func ReadMarker(root string) (m Marker, ok bool, err error) {
-	f, err := os.OpenFile(filepath.Join(root, MarkerName), os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if errors.Is(err, fs.ErrNotExist) {
+	dir, err := openDir(root)
+	if err != nil {
+		return Marker{}, false, err
+	}
+	defer unix.Close(dir)
+	return readMarkerAt(dir, root)
+}
+
+func readMarkerAt(dir int, root string) (Marker, bool, error) {
+	path := filepath.Join(root, MarkerName)
+	var st unix.Stat_t
+	err := unix.Fstatat(dir, MarkerName, &st, unix.AT_SYMLINK_NOFOLLOW)
+	if errors.Is(err, unix.ENOENT) {
 		return Marker{}, false, nil
 	}
 	if err != nil {
-		return Marker{}, false, fmt.Errorf("open marker in %s: %w", root, err)
+		return Marker{}, false, fmt.Errorf("stat marker %s: %w", path, err)
 	}
+	if err := checkMarkerFile(path, &st); err != nil {
+		return Marker{}, false, err
+	}
+	fd, err := unix.Openat(dir, MarkerName, markerOpenFlags, 0)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return Marker{}, false, nil
+	case errors.Is(err, unix.ELOOP), errors.Is(err, unix.ENXIO):
+		// Swapped for a link or a socket since the stat.
+		return Marker{}, false, fmt.Errorf("%w: %s changed into something else while being read", ErrUnsafeMarker, path)
+	case err != nil:
+		return Marker{}, false, fmt.Errorf("open marker %s: %w", path, err)
+	}
+	f := os.NewFile(uintptr(fd), path)
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, 64<<10))
-	if err != nil {
-		return Marker{}, false, fmt.Errorf("read marker in %s: %w", root, err)
+	if err := unix.Fstat(fd, &st); err != nil {
+		return Marker{}, false, fmt.Errorf("stat marker %s: %w", path, err)
 	}
+	if err := checkMarkerFile(path, &st); err != nil {
+		return Marker{}, false, err
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxMarkerSize+1))
+	if err != nil {
+		return Marker{}, false, fmt.Errorf("read marker %s: %w", path, err)
+	}
+	if len(data) > MaxMarkerSize {
+		return Marker{}, false, fmt.Errorf("%w: %s grew past %d bytes while being read", ErrUnsafeMarker, path, MaxMarkerSize)
+	}
+	var m Marker
 	if err := json.Unmarshal(data, &m); err != nil {
 		return Marker{}, false, fmt.Errorf("%w in %s: %v", ErrCorruptMarker, root, err)
 	}
@@ -93,9 +139,74 @@ func ReadMarker(root string) (m Marker, ok bool, err error) {
 	return m, true, nil
 }
 
+// checkMarkerFile accepts only a regular file of marker size.
+func checkMarkerFile(path string, st *unix.Stat_t) error {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("%w: %s is %s", ErrUnsafeMarker, path, FileKind(st.Mode))
+	}
+	if st.Size > MaxMarkerSize {
+		return fmt.Errorf("%w: %s is %d bytes, far more than a marker (at most %d)", ErrUnsafeMarker, path, st.Size, MaxMarkerSize)
+	}
+	return nil
+}
+
+// FileKind names a file type for messages: "a FIFO", "a directory", ….
+func FileKind(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		return "a regular file"
+	case unix.S_IFDIR:
+		return "a directory"
+	case unix.S_IFLNK:
+		return "a symbolic link"
+	case unix.S_IFIFO:
+		return "a FIFO"
+	case unix.S_IFSOCK:
+		return "a socket"
+	case unix.S_IFCHR:
+		return "a character device"
+	case unix.S_IFBLK:
+		return "a block device"
+	}
+	return fmt.Sprintf("a file of type %#o", mode&unix.S_IFMT)
+}
+
+// openDir opens a disk's root (or a directory in it) for *at calls. Even
+// a FIFO swapped in for a directory cannot block it: O_DIRECTORY fails on
+// anything else before the open would wait.
+func openDir(path string) (int, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open %s: %w", path, err)
+	}
+	return fd, nil
+}
+
+// OpenRoot opens a disk's root directory without following a link, for
+// WriteMarkerAt; the caller closes it.
+func OpenRoot(path string) (*os.File, error) {
+	fd, err := openDir(path)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
 // WriteMarker replaces the marker atomically and durably: a crash leaves
 // either the old marker or the new one, never half of one.
 func WriteMarker(root string, m Marker) error {
+	dir, err := OpenRoot(root)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return WriteMarkerAt(dir, m)
+}
+
+// WriteMarkerAt writes the marker into the directory dir, which the caller
+// opened (and may have checked, e.g. that it is the filesystem it just
+// made), so the path cannot be swapped for another between check and write.
+func WriteMarkerAt(dir *os.File, m Marker) error {
 	if m.Version == 0 {
 		m.Version = 1
 	}
@@ -103,14 +214,21 @@ func WriteMarker(root string, m Marker) error {
 	if err != nil {
 		return fmt.Errorf("encode marker: %w", err)
 	}
-	tmp := filepath.Join(root, markerTemp)
-	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove stale marker in %s: %w", root, err)
+	root, dfd := dir.Name(), int(dir.Fd())
+	// A fresh random name each time: a fixed one could be taken by the
+	// consumer (a directory, a FIFO) and block every marker write, the
+	// wipe's first among them. A crash leaves the temporary file behind,
+	// which Contents ignores and a wipe removes.
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return fmt.Errorf("name temporary marker: %w", err)
 	}
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	tmp := markerTemp + "." + hex.EncodeToString(b[:])
+	fd, err := unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return fmt.Errorf("create marker in %s: %w", root, err)
 	}
+	f := os.NewFile(uintptr(fd), filepath.Join(root, tmp))
 	_, werr := f.Write(data)
 	if werr == nil {
 		werr = f.Sync()
@@ -119,40 +237,86 @@ func WriteMarker(root string, m Marker) error {
 		werr = cerr
 	}
 	if werr != nil {
+		_ = unix.Unlinkat(dfd, tmp, 0)
 		return fmt.Errorf("write marker in %s: %w", root, werr)
 	}
-	if err := os.Rename(tmp, filepath.Join(root, MarkerName)); err != nil {
+	if err := unix.Renameat(dfd, tmp, dfd, MarkerName); err != nil {
+		_ = unix.Unlinkat(dfd, tmp, 0)
 		return fmt.Errorf("install marker in %s: %w", root, err)
 	}
-	return syncDir(root)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
+	if err := dir.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", root, err)
 	}
 	return nil
 }
 
-// Contents lists what a disk's root holds besides its reserved names; an
-// empty result means the disk holds no user data.
+// Contents lists what a disk's root holds besides the disk's own names; an
+// empty result means the disk holds no user data. The marker is left to
+// ReadMarker to judge. lost+found counts only when it holds something (or
+// is not a directory), and a temporary marker file left by a crash only
+// when it is not a plain marker-sized file: a pod owns the root and could
+// otherwise keep data under those names. Nothing but directories is opened.
 func Contents(root string) ([]string, error) {
-	entries, err := os.ReadDir(root)
+	dfd, err := openDir(root)
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", root, err)
 	}
+	dir := os.NewFile(uintptr(dfd), root)
+	defer dir.Close()
+	names, err := dir.Readdirnames(-1)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", root, err)
+	}
+	sort.Strings(names)
 	var out []string
-	for _, e := range entries {
-		if !Reserved(e.Name()) {
-			out = append(out, e.Name())
+	for _, name := range names {
+		own, err := ownEntry(dfd, root, name)
+		if err != nil {
+			return nil, err
+		}
+		if !own {
+			out = append(out, name)
 		}
 	}
 	return out, nil
+}
+
+// ownEntry reports whether a root entry belongs to the disk, not its user.
+func ownEntry(dir int, root, name string) (bool, error) {
+	temp := strings.HasPrefix(name, markerTemp)
+	if name != MarkerName && !temp && name != LostFound {
+		return false, nil
+	}
+	if name == MarkerName {
+		return true, nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return true, nil
+		}
+		return false, fmt.Errorf("stat %s: %w", filepath.Join(root, name), err)
+	}
+	if temp {
+		return st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size <= MaxMarkerSize, nil
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return false, nil
+	}
+	fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false, fmt.Errorf("open %s: %w", filepath.Join(root, name), err)
+	}
+	lf := os.NewFile(uintptr(fd), filepath.Join(root, name))
+	defer lf.Close()
+	_, err = lf.Readdirnames(1)
+	if errors.Is(err, io.EOF) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("list %s: %w", lf.Name(), err)
+	}
+	return false, nil
 }
 
 func validID(id string) bool {

@@ -23,7 +23,10 @@ type Sizer interface {
 type Scanner struct {
 	Roots  Roots
 	Mounts MountTable
-	Sizer  Sizer
+	// Sizer measures each disk found; nil leaves Capacity zero for a
+	// caller that measures the disks itself (the agent bounds each disk's
+	// I/O in time, which a serial scan cannot).
+	Sizer Sizer
 }
 
 // Result is one scan: the disks found and the reasons others were passed over.
@@ -120,6 +123,9 @@ func (s *Scanner) Scan(ctx context.Context, inventory []ValidEntry) (Result, err
 }
 
 func (s *Scanner) measure(d *Disk) error {
+	if s.Sizer == nil {
+		return nil
+	}
 	var (
 		n   int64
 		err error

@@ -29,7 +29,7 @@ type ContentStats struct {
 // mount point: what is mounted inside the disk is not the disk.
 func removeContents(ctx context.Context, root string, mounts discovery.MountIndex) (ContentStats, error) {
 	var st ContentStats
-	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return st, fmt.Errorf("open %s: %w", root, err)
 	}
@@ -72,10 +72,16 @@ func (w contentWalker) empty(ctx context.Context, fd int, path string, top bool)
 			// Batches bound memory on huge directories.
 			names, rerr := dir.Readdirnames(4096)
 			for _, name := range names {
-				if top && discovery.Reserved(name) {
+				// At the root only the marker is kept as is (the caller
+				// checked it and rewrites it). lost+found keeps its
+				// directory but not what is in it, and a stale temporary
+				// marker goes: the consumer owned the root and could have
+				// kept data under either name.
+				if top && name == discovery.MarkerName {
 					continue
 				}
-				k, err := w.remove(ctx, int(dir.Fd()), path, name)
+				keepDir := top && name == discovery.LostFound
+				k, err := w.remove(ctx, int(dir.Fd()), path, name, keepDir)
 				if err != nil {
 					return kept, err
 				}
@@ -97,7 +103,11 @@ func (w contentWalker) empty(ctx context.Context, fd int, path string, top bool)
 	}
 }
 
-func (w contentWalker) remove(ctx context.Context, dirfd int, parent, name string) (kept bool, err error) {
+// remove removes the entry name of the directory open at dirfd; keepDir
+// empties a directory but keeps it. Only directories are ever opened (with
+// O_DIRECTORY, which fails on a FIFO or device before the open could block
+// or reach a driver): every other entry is unlinked.
+func (w contentWalker) remove(ctx context.Context, dirfd int, parent, name string, keepDir bool) (kept bool, err error) {
 	child := filepath.Join(parent, name)
 	var st unix.Stat_t
 	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
@@ -126,7 +136,7 @@ func (w contentWalker) remove(ctx context.Context, dirfd int, parent, name strin
 		w.stats.KeptMounts = append(w.stats.KeptMounts, child)
 		return true, nil
 	}
-	cfd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	cfd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return false, nil
@@ -142,7 +152,7 @@ func (w contentWalker) remove(ctx context.Context, dirfd int, parent, name strin
 		return true, nil
 	}
 	kept, err = w.empty(ctx, cfd, child, false)
-	if err != nil || kept {
+	if err != nil || kept || keepDir {
 		return kept, err
 	}
 	if err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err != nil {

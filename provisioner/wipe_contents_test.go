@@ -118,10 +118,13 @@ func TestWipe_RemovesFilesNestedDirsDeepTreesAndOddNames(t *testing.T) {
 	require.Equal(t, 3+1+120+1, res.Dirs, "db, raft, raft/wal, empty, the deep chain and odd")
 }
 
-func TestRemoveContents_KeepsTheMarkerItsTempFileAndLostFoundAtTheRootOnly(t *testing.T) {
+// The consumer owned the disk's root: data it left under lost+found or
+// the marker's temporary name must not reach the next consumer.
+func TestRemoveContents_KeepsOnlyTheMarkerAndAnEmptyLostFoundAtTheRoot(t *testing.T) {
 	root := newDisk(t, testID)
 	require.NoError(t, os.WriteFile(filepath.Join(root, discovery.MarkerName+".tmp"), []byte("{half"), 0o600))
 	write(t, filepath.Join(root, discovery.LostFound, "#12345"))
+	write(t, filepath.Join(root, discovery.LostFound, "stash", "secret"))
 	write(t, filepath.Join(root, "sub", discovery.LostFound, "#12345"))
 	write(t, filepath.Join(root, "sub", discovery.MarkerName))
 	write(t, filepath.Join(root, "sub", discovery.MarkerName+".tmp"))
@@ -129,12 +132,21 @@ func TestRemoveContents_KeepsTheMarkerItsTempFileAndLostFoundAtTheRootOnly(t *te
 	st, err := removeContents(context.Background(), root, discovery.MountIndex{})
 
 	require.NoError(t, err)
-	require.Equal(t, []string{
-		discovery.MarkerName, discovery.MarkerName + ".tmp",
-		discovery.LostFound + "/", discovery.LostFound + "/#12345",
-	}, tree(t, root), "reserved names are reserved at the disk's root; below it they are user data")
-	require.Equal(t, 3, st.Files)
-	require.Equal(t, 2, st.Dirs)
+	require.Equal(t, []string{discovery.MarkerName, discovery.LostFound + "/"}, tree(t, root),
+		"only the marker is kept as is; lost+found is kept empty; below the root the names are user data")
+	require.Equal(t, 6, st.Files)
+	require.Equal(t, 3, st.Dirs, "stash, sub and sub/lost+found; the root's lost+found stays")
+}
+
+func TestRemoveContents_RemovesATempMarkerThatIsADirectoryAndALostFoundThatIsNot(t *testing.T) {
+	root := newDisk(t, testID)
+	write(t, filepath.Join(root, discovery.MarkerName+".tmp", "kept-by-the-consumer"))
+	write(t, filepath.Join(root, discovery.LostFound))
+
+	_, err := removeContents(context.Background(), root, discovery.MountIndex{})
+
+	require.NoError(t, err)
+	require.Equal(t, []string{discovery.MarkerName}, tree(t, root))
 }
 
 func TestWipe_LeavesOnlyTheMarkerAndLostFound(t *testing.T) {
