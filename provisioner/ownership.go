@@ -9,6 +9,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/tidb-localpv/tidb-localpv/provisioner/apis/v1alpha1"
 )
 
 // More ownership keys (see AnnOwnerPod and the others in contract.go).
@@ -169,4 +172,40 @@ func UnmarshalRecord(data []byte) (Ownership, error) {
 		return Ownership{}, fmt.Errorf("ownership record names no owner")
 	}
 	return o, nil
+}
+
+// DiskOwner renders the record for a LocalDisk's status.owner.
+func (o Ownership) DiskOwner() *v1alpha1.Owner {
+	if !o.Valid() {
+		return nil
+	}
+	d := &v1alpha1.Owner{
+		Name: o.Owner(), Component: o.Component, Cluster: o.Cluster, Pod: o.Pod,
+		Claim: o.ClaimName, ClaimUID: o.Claim, StoreID: o.StoreID, Member: o.Member, MemberID: o.MemberID,
+		State: o.State, Peers: o.Peers, TiDBOperator: map[bool]string{true: "v2"}[o.V2],
+	}
+	if o.ClusterID != 0 {
+		d.PDClusterID = strconv.FormatUint(o.ClusterID, 10)
+	}
+	if !o.Seen.IsZero() {
+		d.Seen = &metav1.Time{Time: o.Seen.UTC()}
+	}
+	return d
+}
+
+// OwnershipFromDisk reads a LocalDisk's status.owner back.
+func OwnershipFromDisk(d *v1alpha1.Owner) (Ownership, bool) {
+	if d == nil {
+		return Ownership{}, false
+	}
+	o := Ownership{
+		Component: d.Component, Cluster: d.Cluster, Pod: d.Pod, Claim: d.ClaimUID, ClaimName: d.Claim,
+		StoreID: d.StoreID, Member: d.Member, MemberID: d.MemberID, State: d.State, Peers: d.Peers,
+		V2: d.TiDBOperator == "v2",
+	}
+	o.ClusterID, _ = strconv.ParseUint(d.PDClusterID, 10, 64)
+	if d.Seen != nil {
+		o.Seen = d.Seen.Time
+	}
+	return o, o.Valid()
 }

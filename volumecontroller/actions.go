@@ -162,7 +162,11 @@ func claimUID(pv *corev1.PersistentVolume) types.UID {
 
 // freshRecord reads the ownership record of a freshly read PV and checks
 // it still names the owner decided on.
-func freshRecord(pv *corev1.PersistentVolume, t target) (provisioner.Ownership, error) {
+func (c *Controller) freshRecord(ctx context.Context, pv *corev1.PersistentVolume, t target) (provisioner.Ownership, error) {
+	pv, err := c.freshDiskRecord(ctx, pv)
+	if err != nil {
+		return provisioner.Ownership{}, err
+	}
 	rec, _ := provisioner.OwnershipOf(pv)
 	if !provisioner.Owned(pv) || rec.StoreID != t.rec.StoreID || rec.Member != t.rec.Member || rec.ClusterID != t.rec.ClusterID {
 		return rec, fmt.Errorf("%w: PV %s no longer records %s for its claim", errRecheck, pv.Name, t.ownerName())
@@ -251,7 +255,7 @@ func (c *Controller) offline(ctx context.Context, d Decision, t target) error {
 	if err != nil {
 		return err
 	}
-	if _, err := freshRecord(pv, t); err != nil {
+	if _, err := c.freshRecord(ctx, pv, t); err != nil {
 		return err
 	}
 	if dead, err := c.freshNodeDead(ctx, t.pv.Labels[provisioner.LabelNode]); err != nil || !dead {
@@ -318,7 +322,7 @@ func (c *Controller) release(ctx context.Context, d Decision, t target) error {
 	if err != nil {
 		return err
 	}
-	rec, err := freshRecord(pv, t)
+	rec, err := c.freshRecord(ctx, pv, t)
 	if err != nil {
 		return err
 	}
@@ -502,7 +506,7 @@ func (c *Controller) approve(ctx context.Context, d Decision, t target) error {
 	if err != nil {
 		return err
 	}
-	rec, err := freshRecord(pv, t)
+	rec, err := c.freshRecord(ctx, pv, t)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -26,6 +27,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tidb-localpv/tidb-localpv/provisioner"
+	"github.com/tidb-localpv/tidb-localpv/provisioner/apis/v1alpha1"
 	"github.com/tidb-localpv/tidb-localpv/volumecontroller/pd"
 )
 
@@ -69,6 +71,9 @@ type Controller struct {
 	client   kubernetes.Interface
 	dynamic  dynamic.Interface
 	v2       *v2Endpoints
+	// diskInf caches LocalDisks (nil without a dynamic client).
+	diskInf    cache.SharedIndexInformer
+	dynFactory dynamicinformer.DynamicSharedInformerFactory
 	clock    clock.Clock
 	recorder record.EventRecorder
 	metrics  *metrics
@@ -179,6 +184,11 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 		{c.podV2Inf, c.enqueuePod},
 		{nodeInf, c.enqueueNode},
 	}
+	if deps.Dynamic != nil {
+		c.dynFactory = dynamicinformer.NewDynamicSharedInformerFactory(deps.Dynamic, 0)
+		c.diskInf = c.dynFactory.ForResource(v1alpha1.Resource).Informer()
+		c.synced = append(c.synced, c.diskInf.HasSynced)
+	}
 	for _, h := range handlers {
 		fn := h.fn
 		if _, err := h.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -264,6 +274,9 @@ func (c *Controller) enqueueNode(obj any) {
 func (c *Controller) Start(ctx context.Context) error {
 	for _, f := range c.factories {
 		f.Start(ctx.Done())
+	}
+	if c.dynFactory != nil {
+		c.dynFactory.Start(ctx.Done())
 	}
 	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
 		return fmt.Errorf("caches did not sync")

@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/record"
@@ -204,6 +205,12 @@ func tikvPod(uid types.UID, ready bool) *corev1.Pod {
 
 func newWorld(t *testing.T, objs ...runtime.Object) *world {
 	t.Helper()
+	return newWorldWith(t, nil, objs...)
+}
+
+// newWorldWith is newWorld with a dynamic client (LocalDisks, v2 objects).
+func newWorldWith(t *testing.T, dyn dynamic.Interface, objs ...runtime.Object) *world {
+	t.Helper()
 	w := &world{
 		t: t, client: fake.NewClientset(objs...),
 		pd: &fakePD{cluster: testClusterID, stores: map[uint64]pd.StoreInfo{
@@ -219,7 +226,7 @@ func newWorld(t *testing.T, objs ...runtime.Object) *world {
 		Policy:     testPolicy,
 		PDTemplate: tmpl, PollInterval: 5 * time.Second, PDCacheTTL: time.Nanosecond, Workers: 1,
 	}, Deps{
-		Client: w.client, Clock: w.clock, Recorder: w.rec, Registry: prometheus.NewRegistry(),
+		Client: w.client, Dynamic: dyn, Clock: w.clock, Recorder: w.rec, Registry: prometheus.NewRegistry(),
 		Dial: func(endpoint string) (PD, error) {
 			require.Equal(t, "http://demo-pd.tidb:2379", endpoint)
 			return w.pd, nil

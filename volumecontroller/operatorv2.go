@@ -147,7 +147,7 @@ func (c *Controller) deleteInstance(ctx context.Context, d Decision, t target) e
 	if err != nil {
 		return err
 	}
-	rec, err := freshRecord(pv, t)
+	rec, err := c.freshRecord(ctx, pv, t)
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/tidb-localpv/tidb-localpv/provisioner"
+	"github.com/tidb-localpv/tidb-localpv/provisioner/apis/v1alpha1"
 	"github.com/tidb-localpv/tidb-localpv/volumecontroller/pd"
 )
 
@@ -94,6 +95,7 @@ func newV2World(t *testing.T, inst *unstructured.Unstructured) *v2World {
 		tikvGVR: "TiKVList",
 		{Group: "core.pingcap.com", Version: "v1alpha1", Resource: "clusters"}: "ClusterList",
 		{Group: "core.pingcap.com", Version: "v1alpha1", Resource: "pdgroups"}: "PDGroupList",
+		v1alpha1.Resource: v1alpha1.ListKind,
 	}, inst, v2ClusterObject())
 
 	w := &world{

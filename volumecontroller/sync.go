@@ -47,6 +47,8 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 	if !provisioner.IsOurs(pv) {
 		return nil // not ours: another provisioner's PV that happens to carry our label
 	}
+	ld, _ := c.cachedDisk(pv.Name)
+	pv = withDiskRecord(pv, ld)
 	node := c.nodeFacts(pv.Labels[provisioner.LabelNode])
 	if node.Gone && node.GoneFor < c.cfg.Policy.DeadNodeGrace {
 		c.queue.AddAfter(name, c.cfg.Policy.DeadNodeGrace-node.GoneFor)
@@ -325,6 +327,10 @@ func (c *Controller) endpoint(ctx context.Context, o owner) (string, error) {
 // writeOwnership puts the ownership on the PV when it changed, so it
 // outlives the pod (DESIGN rule 6).
 func (c *Controller) writeOwnership(ctx context.Context, pv *corev1.PersistentVolume, r provisioner.Ownership) error {
+	dead, _ := c.cfg.Policy.nodeDead(c.nodeFacts(pv.Labels[provisioner.LabelNode]))
+	if err := c.writeDiskOwner(ctx, pv.Name, r, dead); err != nil {
+		return err
+	}
 	lbl := diff(pv.Labels, map[string]string{
 		provisioner.LabelComponent: r.Component,
 		provisioner.LabelCluster:   r.Cluster,

@@ -209,6 +209,12 @@ type Owner struct {
 	State string `json:"state,omitempty"`
 	// +optional
 	Seen *metav1.Time `json:"seen,omitempty"`
+	// Peers are the member IDs PD listed beside a PD member.
+	// +optional
+	Peers []uint64 `json:"peers,omitempty"`
+	// TiDBOperator is "v2" for a claim of a TiDB Operator v2 cluster.
+	// +optional
+	TiDBOperator string `json:"tidbOperator,omitempty"`
 }
 
 // LocalDiskList is a list of LocalDisks.
