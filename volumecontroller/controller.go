@@ -67,17 +67,17 @@ const (
 
 // Controller is the volume-controller.
 type Controller struct {
-	cfg      Config
-	client   kubernetes.Interface
-	dynamic  dynamic.Interface
-	v2       *v2Endpoints
+	cfg     Config
+	client  kubernetes.Interface
+	dynamic dynamic.Interface
+	v2      *v2Endpoints
 	// diskInf caches LocalDisks (nil without a dynamic client).
 	diskInf    cache.SharedIndexInformer
 	dynFactory dynamicinformer.DynamicSharedInformerFactory
-	clock    clock.Clock
-	recorder record.EventRecorder
-	metrics  *metrics
-	pd       *pdView
+	clock      clock.Clock
+	recorder   record.EventRecorder
+	metrics    *metrics
+	pd         *pdView
 
 	factories []informers.SharedInformerFactory
 	pvInf     cache.SharedIndexInformer
