@@ -23,8 +23,9 @@ all: build
 help:
 	@grep -E '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: ## build bin/tidb-localpv
+build: ## build bin/tidb-localpv (and bin/kubectl-tidb_localpv, the kubectl plugin: put it on your PATH)
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN)/tidb-localpv ./cmd/tidb-localpv
+	ln -sf tidb-localpv $(BIN)/kubectl-tidb_localpv
 
 test: lint unit fuzz e2e demo-smoke ## the full suite (run as root to include the real-disk tests; CI=1 makes skipped root tests fail)
 	@echo "make test: all passed"

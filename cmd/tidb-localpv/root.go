@@ -33,12 +33,14 @@ func newRootCommand() *cobra.Command {
 // server shares.
 type kubeFlags struct {
 	kubeconfig string
+	context    string
 	qps        float32
 	burst      int
 }
 
 func (k *kubeFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&k.kubeconfig, "kubeconfig", "", "path to a kubeconfig for running outside the cluster; empty: in-cluster config, then $KUBECONFIG")
+	cmd.Flags().StringVar(&k.context, "context", "", "kubeconfig context to use (default: the current context)")
 	cmd.Flags().Float32Var(&k.qps, "kube-api-qps", 20, "steady requests per second to the API server")
 	cmd.Flags().IntVar(&k.burst, "kube-api-burst", 40, "request burst to the API server")
 }
@@ -48,11 +50,15 @@ func (k *kubeFlags) config(userAgent string) (*rest.Config, error) {
 		cfg *rest.Config
 		err error
 	)
-	if k.kubeconfig != "" {
-		cfg, err = clientcmd.BuildConfigFromFlags("", k.kubeconfig)
-	} else if cfg, err = rest.InClusterConfig(); err != nil {
+	fromFile := func() (*rest.Config, error) {
 		rules := clientcmd.NewDefaultClientConfigLoadingRules()
-		cfg, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
+		rules.ExplicitPath = k.kubeconfig
+		return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: k.context}).ClientConfig()
+	}
+	if k.kubeconfig != "" || k.context != "" {
+		cfg, err = fromFile()
+	} else if cfg, err = rest.InClusterConfig(); err != nil {
+		cfg, err = fromFile()
 		if err != nil {
 			return nil, fmt.Errorf("no kubeconfig: not in a cluster, and --kubeconfig / $KUBECONFIG / ~/.kube/config give none: %w", err)
 		}
