@@ -258,8 +258,8 @@ func (c *Controller) offline(ctx context.Context, d Decision, t target) error {
 	if _, err := c.freshRecord(ctx, pv, t); err != nil {
 		return err
 	}
-	if dead, err := c.freshNodeDead(ctx, t.pv.Labels[provisioner.LabelNode]); err != nil || !dead {
-		return errors.Join(err, fmt.Errorf("%w: node is back", errRecheck))
+	if err := c.recheckDead(ctx, d, pv); err != nil {
+		return err
 	}
 	client, err := c.pd.client(t.endpoint)
 	if err != nil {

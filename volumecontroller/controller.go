@@ -96,6 +96,7 @@ type Controller struct {
 	mu       sync.Mutex
 	goneAt   map[string]time.Time // node name → when it was first seen missing
 	warnings map[string]string    // PV → last warning, so a standing refusal is one event
+	health   map[string]string    // PV → last disk health reported to its claim and pod
 
 	synced0 atomic.Bool
 }
@@ -115,6 +116,7 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 		metrics:  newMetrics(deps.Registry),
 		goneAt:   map[string]time.Time{},
 		warnings: map[string]string{},
+		health:   map[string]string{},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "volumecontroller"}),

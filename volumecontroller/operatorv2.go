@@ -186,10 +186,10 @@ func (c *Controller) deleteInstance(ctx context.Context, d Decision, t target) e
 	case inst.GetAnnotations()[annV2DeferDelete] != "":
 		return fmt.Errorf("%w: instance %s is marked %s; TiDB Operator deletes it", errDone, ref.Name, annV2DeferDelete)
 	}
-	if dead, err := c.freshNodeDead(ctx, t.pv.Labels[provisioner.LabelNode]); err != nil {
-		return err
-	} else if !dead && !ownerGoneDecision(d) {
-		return fmt.Errorf("%w: node is back", errRecheck)
+	if !ownerGoneDecision(d) {
+		if err := c.recheckDead(ctx, d, pv); err != nil {
+			return err
+		}
 	}
 	if err := c.recheckNotUp(ctx, t, rec, ownerGoneDecision(d)); err != nil {
 		return err

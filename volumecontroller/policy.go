@@ -67,6 +67,9 @@ type Decision struct {
 	// OwnerGone: the action rests on the owner's data being no longer
 	// needed (the action re-checks that in PD), not on a dead node.
 	OwnerGone bool
+	// DiskFailed: "dead" in this decision is the disk, not its node; the
+	// action re-checks the disk's health instead of the node.
+	DiskFailed bool
 }
 
 // OwnerFacts is what PD says about the recorded owner of a disk.
@@ -133,6 +136,10 @@ type Policy struct {
 	// this long is stuck, not just between TiDB Operator's store burial and
 	// its scale-in.
 	StuckPodGrace time.Duration
+	// FailedDiskGrace: a disk its agent reports Failed this long is, for
+	// its one TiKV store, what a dead node is for all of a node's stores;
+	// 0 turns the rule off (the default: see docs/defaults.md).
+	FailedDiskGrace time.Duration
 	// UnresolvedGrace: a TiKV or PD claim whose owner is still not
 	// confirmed in PD after this long is reported: its disk will not be
 	// recycled until it is.
@@ -154,6 +161,23 @@ type Input struct {
 	Pod           PodFacts
 	// OfflinedByUs: the controller offlined the store for a dead node.
 	OfflinedByUs bool
+	// Disk is the health its agent reports for the disk.
+	Disk DiskFacts
+}
+
+// DiskFacts is the disk's health as its agent reports it.
+type DiskFacts struct {
+	Failed    bool
+	FailedFor time.Duration
+	Reason    string
+}
+
+// diskDead: the disk is failed past the opt-in grace.
+func (p Policy) diskDead(d DiskFacts) (bool, string) {
+	if p.FailedDiskGrace > 0 && d.Failed && d.FailedFor >= p.FailedDiskGrace {
+		return true, fmt.Sprintf("its disk has been failed (%s) for %s", d.Reason, d.FailedFor.Round(time.Second))
+	}
+	return false, ""
 }
 
 func (p Policy) nodeDead(n NodeFacts) (bool, string) {
@@ -174,6 +198,20 @@ func (p Policy) nodeDead(n NodeFacts) (bool, string) {
 // each rule is a table test.
 func (p Policy) DecideBound(in Input) Decision {
 	dead, why := p.nodeDead(in.Node)
+	diskFailed := false
+	if !dead && in.Component == ComponentTiKV {
+		// A failed disk is a dead node for its one store: the store is
+		// offlined, released once buried, and its pod starts over on a
+		// healthy disk — every other rule unchanged.
+		dead, why = p.diskDead(in.Disk)
+		diskFailed = dead
+	}
+	d := p.decideBound(in, dead, why)
+	d.DiskFailed = diskFailed && d.Action != ActNone && d.Action != ActWait
+	return d
+}
+
+func (p Policy) decideBound(in Input, dead bool, why string) Decision {
 	switch {
 	case !in.Owned:
 		if dead {

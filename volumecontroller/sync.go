@@ -116,6 +116,8 @@ func (c *Controller) syncBound(ctx context.Context, pv *corev1.PersistentVolume,
 	if err := c.writeOwnership(ctx, pv, rec); err != nil {
 		return err
 	}
+	c.reportHealth(pv, pvc, pod)
+	_, _, _, disk := pvHealth(pv, c.clock.Now())
 	if facts.Known && facts.Phase == pd.PhaseOffline && rec.Component == ComponentTiKV {
 		facts.Undrainable = c.undrainable(ctx, t.endpoint, rec.StoreID)
 	}
@@ -128,6 +130,7 @@ func (c *Controller) syncBound(ctx context.Context, pv *corev1.PersistentVolume,
 		Facts:         facts,
 		Node:          node,
 		Pod:           c.podFacts(pod, o),
+		Disk:          disk,
 		OfflinedByUs:  pv.Annotations[provisioner.AnnOfflinedAt] != "",
 	})
 	klog.FromContext(ctx).V(4).Info("decided", "pv", pv.Name, "owner", rec.Owner(), "owned", owned, "state", ownerState(facts), "action", d.Action.String(), "reason", d.Reason)

@@ -43,6 +43,7 @@ type controllerOptions struct {
 	metricsAddress string
 
 	unresolvedGrace time.Duration
+	failedDiskGrace time.Duration
 }
 
 func newControllerCommand() *cobra.Command {
@@ -76,6 +77,7 @@ the owner is gone. Run two replicas; one holds the lease and acts.`,
 	f.DurationVar(&o.deadNodeGrace, "dead-node-grace", time.Minute, "how long a Node must stay deleted before its disks are acted on")
 	f.DurationVar(&o.notReady, "node-notready-threshold", 0, "treat a node NotReady this long as dead (0: off; only deleted nodes count)")
 	f.DurationVar(&o.stuckPodGrace, "stuck-pod-grace", 3*time.Minute, "how long a pod on a Tombstone store's disk may stay not Ready before its claim and the pod are deleted")
+	f.DurationVar(&o.failedDiskGrace, "failed-disk-grace", 0, "treat a disk its agent reports Failed this long like a dead node for its TiKV store: offline the store once it stops being Up, release claim and pod once it is buried (0: off; failures are only reported)")
 	f.DurationVar(&o.unresolvedGrace, "owner-unresolved-warning", 5*time.Minute, "report a TiKV or PD claim whose owner is still not confirmed in PD after this long (0: never)")
 	f.IntVar(&o.workers, "workers", 4, "PVs reconciled in parallel")
 	f.StringVar(&o.metricsAddress, "metrics-address", ":9501", "address for /metrics, /healthz and /readyz")
@@ -98,7 +100,7 @@ func (o *controllerOptions) config() (volumecontroller.Config, error) {
 		}
 		overrides[key] = url
 	}
-	if o.pollInterval <= 0 || o.workers <= 0 || o.deadNodeGrace < 0 || o.notReady < 0 || o.stuckPodGrace < 0 || o.unresolvedGrace < 0 {
+	if o.pollInterval <= 0 || o.workers <= 0 || o.deadNodeGrace < 0 || o.notReady < 0 || o.stuckPodGrace < 0 || o.unresolvedGrace < 0 || o.failedDiskGrace < 0 {
 		return volumecontroller.Config{}, fmt.Errorf("--pd-poll-interval and --workers must be positive, and the grace periods not negative")
 	}
 	if o.renewDeadline >= o.leaseDuration || o.retryPeriod >= o.renewDeadline {
@@ -107,7 +109,7 @@ func (o *controllerOptions) config() (volumecontroller.Config, error) {
 	return volumecontroller.Config{
 		Policy: volumecontroller.Policy{
 			DeadNodeGrace: o.deadNodeGrace, NotReadyThreshold: o.notReady, StuckPodGrace: o.stuckPodGrace,
-			UnresolvedGrace: o.unresolvedGrace,
+			UnresolvedGrace: o.unresolvedGrace, FailedDiskGrace: o.failedDiskGrace,
 		},
 		PDTemplate:   tmpl,
 		PDOverrides:  overrides,
