@@ -181,8 +181,14 @@ func (o Ownership) DiskOwner() *v1alpha1.Owner {
 	}
 	d := &v1alpha1.Owner{
 		Name: o.Owner(), Component: o.Component, Cluster: o.Cluster, Pod: o.Pod,
-		Claim: o.ClaimName, ClaimUID: o.Claim, StoreID: o.StoreID, Member: o.Member, MemberID: o.MemberID,
-		State: o.State, Peers: o.Peers, TiDBOperator: map[bool]string{true: "v2"}[o.V2],
+		Claim: o.ClaimName, ClaimUID: o.Claim, StoreID: o.StoreID, Member: o.Member,
+		State: o.State, TiDBOperator: map[bool]string{true: "v2"}[o.V2],
+	}
+	if o.MemberID != 0 {
+		d.MemberID = strconv.FormatUint(o.MemberID, 10)
+	}
+	for _, p := range o.Peers {
+		d.Peers = append(d.Peers, strconv.FormatUint(p, 10))
 	}
 	if o.ClusterID != 0 {
 		d.PDClusterID = strconv.FormatUint(o.ClusterID, 10)
@@ -200,10 +206,16 @@ func OwnershipFromDisk(d *v1alpha1.Owner) (Ownership, bool) {
 	}
 	o := Ownership{
 		Component: d.Component, Cluster: d.Cluster, Pod: d.Pod, Claim: d.ClaimUID, ClaimName: d.Claim,
-		StoreID: d.StoreID, Member: d.Member, MemberID: d.MemberID, State: d.State, Peers: d.Peers,
+		StoreID: d.StoreID, Member: d.Member, State: d.State,
 		V2: d.TiDBOperator == "v2",
 	}
 	o.ClusterID, _ = strconv.ParseUint(d.PDClusterID, 10, 64)
+	o.MemberID, _ = strconv.ParseUint(d.MemberID, 10, 64)
+	for _, p := range d.Peers {
+		if id, err := strconv.ParseUint(p, 10, 64); err == nil {
+			o.Peers = append(o.Peers, id)
+		}
+	}
 	if d.Seen != nil {
 		o.Seen = d.Seen.Time
 	}

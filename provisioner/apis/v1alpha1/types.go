@@ -198,8 +198,10 @@ type Owner struct {
 	StoreID uint64 `json:"storeID,omitempty"`
 	// +optional
 	Member string `json:"member,omitempty"`
+	// MemberID is the PD member's member_id (a uint64, often above 2^63,
+	// hence a string).
 	// +optional
-	MemberID uint64 `json:"memberID,omitempty"`
+	MemberID string `json:"memberID,omitempty"`
 	// PDClusterID is the PD cluster the owner was confirmed in (a uint64
 	// that may exceed 2^53, hence a string).
 	// +optional
@@ -209,9 +211,10 @@ type Owner struct {
 	State string `json:"state,omitempty"`
 	// +optional
 	Seen *metav1.Time `json:"seen,omitempty"`
-	// Peers are the member IDs PD listed beside a PD member.
+	// Peers are the member IDs PD listed beside a PD member (strings, as
+	// MemberID).
 	// +optional
-	Peers []uint64 `json:"peers,omitempty"`
+	Peers []string `json:"peers,omitempty"`
 	// TiDBOperator is "v2" for a claim of a TiDB Operator v2 cluster.
 	// +optional
 	TiDBOperator string `json:"tidbOperator,omitempty"`

@@ -145,7 +145,7 @@ func (in *Owner) DeepCopyInto(out *Owner) {
 	}
 	if in.Peers != nil {
 		in, out := &in.Peers, &out.Peers
-		*out = make([]uint64, len(*in))
+		*out = make([]string, len(*in))
 		copy(*out, *in)
 	}
 }
