@@ -108,6 +108,17 @@ func tikvStatefulSet(name string, replicas int32) *appsv1.StatefulSet {
 	return sim.TiKVStatefulSet(name, replicas)
 }
 
+// plainStatefulSet is tikvStatefulSet for a workload that is not TiKV
+// (the same local class, a scratch volume): its disk recycles as soon as
+// its claim goes, without PD.
+func plainStatefulSet(name string, replicas int32) *appsv1.StatefulSet {
+	sts := sim.TiKVStatefulSet(name, replicas)
+	lbl := map[string]string{"app.kubernetes.io/component": "scratch", "app.kubernetes.io/instance": name}
+	sts.Spec.Selector.MatchLabels = lbl
+	sts.Spec.Template.Labels = lbl
+	return sts
+}
+
 func podName(sts string, i int) string { return fmt.Sprintf("%s-%d", sts, i) }
 
 // startPlainController runs the volume-controller as the Deployment does,

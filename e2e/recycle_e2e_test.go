@@ -33,7 +33,7 @@ func TestReleasedDisk_IsWipedAndPublishedAgainAsANewPV(t *testing.T) {
 	// a claim's PV to Delete once it sees no TiKV or PD pod uses it.
 	startPlainController(t, env)
 
-	sts, err := env.Cluster.Client.AppsV1().StatefulSets("default").Create(ctx, tikvStatefulSet("recycle", 1), metav1.CreateOptions{})
+	sts, err := env.Cluster.Client.AppsV1().StatefulSets("default").Create(ctx, plainStatefulSet("recycle", 1), metav1.CreateOptions{})
 	require.NoError(t, err)
 	placed := waitStatefulSetBound(ctx, t, env, sts, 1)[0]
 	old := placed.PV
