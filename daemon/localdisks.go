@@ -96,7 +96,16 @@ func (a *Agent) syncLocalDisks(ctx context.Context, reports []diskReport, pvs []
 			continue
 		}
 		ld, ok := a.diskObject(u.GetName())
-		if !ok || ld.Spec.NodeName != a.cfg.NodeName || busy[ld.Spec.Path] {
+		if !ok || ld.Spec.NodeName != a.cfg.NodeName {
+			continue
+		}
+		if busy[ld.Spec.Path] {
+			// Being wiped: the pass did not look at it, but it is not missing.
+			st := ld.Status
+			st.Phase, st.Reason, st.Message = v1alpha1.PhaseWiping, "Wiping", "being wiped; published again once the wipe is verified"
+			if err := a.applyLocalDisk(ctx, ld.Name, ld.Spec, st, now); err != nil {
+				errs = append(errs, err)
+			}
 			continue
 		}
 		if err := a.missingLocalDisk(ctx, ld, byID[ld.Spec.DiskID], now); err != nil {

@@ -53,6 +53,7 @@ func (a *Agent) Recycle(ctx context.Context, pv *corev1.PersistentVolume) error 
 		return err
 	}
 	a.holdPath(id, d.Path)
+	a.enqueue() // a pass shows the disk Wiping while the wipe runs
 	if err := a.wipe(ctx, d, pv); err != nil {
 		return err
 	}
