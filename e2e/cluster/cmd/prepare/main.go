@@ -29,7 +29,9 @@ func main() {
 	defer stop()
 
 	start := time.Now()
-	bins, err := cluster.EnsureBinaries(ctx, opts)
+	// The real nodes' binaries (containerd, kube-proxy) too: a cold CI run
+	// builds everything here, with progress, rather than inside a test.
+	bins, nodes, err := cluster.EnsureNodeBinaries(ctx, cluster.NodeBuildOptions{BuildOptions: opts})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "prepare:", err)
 		os.Exit(1)
@@ -40,5 +42,7 @@ func main() {
 	fmt.Printf("kube-scheduler:          %s\n", bins.Scheduler)
 	fmt.Printf("kubelet:                 %s\n", bins.Kubelet)
 	fmt.Printf("kwok:                    %s\n", bins.Kwok)
+	fmt.Printf("kube-proxy:              %s\n", nodes.KubeProxy)
+	fmt.Printf("containerd:              %s\n", nodes.Containerd)
 	fmt.Printf("ready in %s\n", time.Since(start).Round(time.Millisecond))
 }
