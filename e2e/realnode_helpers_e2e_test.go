@@ -59,9 +59,45 @@ type realEnv struct {
 	nodes map[string]*sim.Node
 	pd    *sim.PD
 	work  string
+	// started is when the environment began to start.
+	started time.Time
 }
 
 func startRealEnv(t testing.TB, nodes ...string) *realEnv {
+	t.Helper()
+	re := startRealCluster(t)
+	ctx := context.Background()
+	for _, name := range nodes {
+		re.addNode(t, name)
+	}
+	for _, n := range re.nodes {
+		_, err := n.WaitAgentPodReady(ctx, realWait)
+		require.NoError(t, err)
+	}
+	re.waitControllers(ctx, t, int32(min(2, len(nodes))))
+	p, err := re.env.StartPD(ctx, realPDOptions)
+	require.NoError(t, err)
+	t.Cleanup(p.Close)
+	re.pd = p
+	require.NoError(t, re.env.ExposePD(ctx, p, tidbNS, tidbInstance))
+	t.Logf("real-node environment with %d nodes, agents and controllers Ready in %s", len(nodes), time.Since(re.started).Round(time.Millisecond))
+	return re
+}
+
+// addNode starts a real node and logs how long it took to be Ready.
+func (re *realEnv) addNode(t testing.TB, name string) *sim.Node {
+	t.Helper()
+	n, err := re.env.AddRealNode(context.Background(), name)
+	require.NoError(t, err)
+	t.Logf("real node %s Ready %s after its containerd started (kubelet start → Ready %s)", name,
+		n.Real.Ready.Sub(n.Real.Started).Round(time.Millisecond), n.Real.Ready.Sub(n.Real.KubeletStarted).Round(time.Millisecond))
+	re.nodes[name] = n
+	return n
+}
+
+// startRealCluster starts the control plane for real nodes, with the
+// manifests applied, and no node yet.
+func startRealCluster(t testing.TB) *realEnv {
 	t.Helper()
 	requireRealNodes(t)
 	root, err := sim.FindRepoRoot()
@@ -76,7 +112,7 @@ func startRealEnv(t testing.TB, nodes ...string) *realEnv {
 		_ = os.RemoveAll(work)
 	}
 	require.NoError(t, err)
-	re := &realEnv{env: env, nodes: map[string]*sim.Node{}, work: work}
+	re := &realEnv{env: env, nodes: map[string]*sim.Node{}, work: work, started: start}
 	t.Cleanup(func() {
 		if t.Failed() {
 			re.dumpLogs(t)
@@ -84,23 +120,6 @@ func startRealEnv(t testing.TB, nodes ...string) *realEnv {
 		require.NoError(t, env.Close(), "teardown must leave nothing behind")
 		_ = os.RemoveAll(work)
 	})
-	for _, name := range nodes {
-		n, err := env.AddRealNode(ctx, name)
-		require.NoError(t, err)
-		t.Logf("real node %s Ready %s after its containerd started", name, n.Real.Ready.Sub(n.Real.Started).Round(time.Millisecond))
-		re.nodes[name] = n
-	}
-	for _, n := range re.nodes {
-		_, err := n.WaitAgentPodReady(ctx, realWait)
-		require.NoError(t, err)
-	}
-	re.waitControllers(ctx, t, 2)
-	p, err := env.StartPD(ctx, realPDOptions)
-	require.NoError(t, err)
-	t.Cleanup(p.Close)
-	re.pd = p
-	require.NoError(t, env.ExposePD(ctx, p, tidbNS, tidbInstance))
-	t.Logf("real-node environment with %d nodes, agents and controllers Ready in %s", len(nodes), time.Since(start).Round(time.Millisecond))
 	return re
 }
 
@@ -168,7 +187,7 @@ func mountFSType(t *testing.T, dir string) string {
 
 // dataOf lists what the test pod wrote at the disk's root (its LOCK and
 // db-* directories) with the number of files in each directory.
-func dataOf(t *testing.T, disk string) map[string]int {
+func dataOf(t testing.TB, disk string) map[string]int {
 	t.Helper()
 	out := map[string]int{}
 	for _, name := range userContents(t, disk) {

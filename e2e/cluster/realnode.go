@@ -56,9 +56,10 @@ type RealNode struct {
 	Name string
 	// Dir holds the node's state: containerd, kubelet, configs, pod logs.
 	Dir string
-	// Started is when its containerd was started; Ready when the Node
-	// first reported Ready.
-	Started, Ready time.Time
+	// Started is when its containerd was started, KubeletStarted when its
+	// kubelet was (images imported), Ready when the Node first reported
+	// Ready.
+	Started, KubeletStarted, Ready time.Time
 
 	c          *Cluster
 	index      int
@@ -146,6 +147,7 @@ func (c *Cluster) AddRealNode(ctx context.Context, name string, cfg RealNodeConf
 			return nil, err
 		}
 	}
+	n.KubeletStarted = time.Now()
 	if err := n.startKubelet(cfg.Labels); err != nil {
 		return nil, err
 	}
@@ -437,3 +439,7 @@ func (c *Cluster) waitForProcess(ctx context.Context, p *process, what string, t
 		return ready(ctx)
 	})
 }
+
+// Pids lists every process running in the node's containers (its cgroup
+// tree), for measuring them.
+func (n *RealNode) Pids() []int { return cgroupProcs(n.cgroup) }
