@@ -199,6 +199,10 @@ func nodeNamespaceScript(dirs map[string]string, containerd []string) string {
 	for _, p := range slices.Sorted(maps.Keys(dirs)) {
 		fmt.Fprintf(&b, "mkdir -p %s\nmount --bind %s %s\n", shellQuote(p), shellQuote(dirs[p]), shellQuote(p))
 	}
+	// kubelet allows HostToContainer propagation (the DaemonSet's /dev)
+	// only from a shared or slave mount; a machine with systemd has /dev
+	// shared, this VM's is private. Only the node's copy changes.
+	b.WriteString("mount --make-shared /dev\n")
 	b.WriteString("exec")
 	for _, a := range containerd {
 		b.WriteString(" " + shellQuote(a))
