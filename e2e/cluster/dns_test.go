@@ -17,7 +17,7 @@ func TestClusterDNS_AnswersServicesOfTheClusterDomainOnly(t *testing.T) {
 	d := &clusterDNS{client: client}
 	for _, tc := range []struct {
 		name, qname, want string
-		err             error
+		err               error
 	}{
 		{"a service", "demo-pd.tidb.svc.cluster.local.", "10.96.3.4", nil},
 		{"case does not matter", "Demo-PD.TIDB.svc.Cluster.Local.", "10.96.3.4", nil},
