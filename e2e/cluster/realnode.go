@@ -240,7 +240,7 @@ func (n *RealNode) Ctr(ctx context.Context, args ...string) ([]byte, error) {
 
 // ImportImage imports a docker-archive into the node's containerd.
 func (n *RealNode) ImportImage(ctx context.Context, archive string) error {
-	_, err := n.Ctr(ctx, "images", "import", "--no-unpack=false", archive)
+	_, err := n.Ctr(ctx, "images", "import", archive)
 	return err
 }
 
