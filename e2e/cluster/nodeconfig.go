@@ -51,15 +51,11 @@ func containerdConfig(dir, socket string) string {
 		// Tracing and NRI are not used; NRI would open a socket in /var/run.
 		`disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]`,
 		``,
-		`[grpc]`,
+		// Version 4 configures the servers as plugins.
+		`[plugins.'io.containerd.server.v1.grpc']`,
 		`  address = ` + q(socket),
-		`[ttrpc]`,
+		`[plugins.'io.containerd.server.v1.ttrpc']`,
 		`  address = ` + q(socket+".ttrpc"),
-		`[debug]`,
-		`  address = ""`,
-		`[metrics]`,
-		`  address = ""`,
-		``,
 		`[plugins.'io.containerd.internal.v1.opt']`,
 		`  path = ` + q(filepath.Join(dir, "containerd/opt")),
 		`[plugins.'io.containerd.cri.v1.runtime']`,

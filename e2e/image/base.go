@@ -7,6 +7,7 @@ package image
 
 import (
 	"archive/tar"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -65,12 +66,13 @@ func (o BaseOptions) withDefaults() BaseOptions {
 func (o BaseOptions) basePath() string {
 	pkgs := slices.Sorted(slices.Values(o.Packages))
 	sum := sha256.Sum256([]byte(o.Suite + "\n" + strings.Join(pkgs, ",")))
-	return filepath.Join(o.CacheDir, "image", fmt.Sprintf("debian-%s-%s", o.Suite, hex.EncodeToString(sum[:4])), "rootfs.tar")
+	return filepath.Join(o.CacheDir, "image", fmt.Sprintf("debian-%s-%s", o.Suite, hex.EncodeToString(sum[:4])), "rootfs.tar.gz")
 }
 
-// EnsureBase returns the path of the base layer (an uncompressed tar of
-// the root filesystem), running debootstrap if it is not cached yet. It
-// needs root (debootstrap chroots to configure the packages).
+// EnsureBase returns the path of the base layer (a gzipped tar of the root
+// filesystem, compressed once here rather than on every image build),
+// running debootstrap if it is not cached yet. It needs root (debootstrap
+// chroots to configure the packages).
 func EnsureBase(ctx context.Context, opts BaseOptions) (string, error) {
 	if opts.CacheDir == "" {
 		return "", errors.New("image base: CacheDir is required")
@@ -116,7 +118,7 @@ func EnsureBase(ctx context.Context, opts BaseOptions) (string, error) {
 	if err := slim(rootfs); err != nil {
 		return "", fmt.Errorf("slim the base: %w", err)
 	}
-	tmpTar := filepath.Join(work, "rootfs.tar")
+	tmpTar := filepath.Join(work, "rootfs.tar.gz")
 	if err := tarDir(rootfs, tmpTar); err != nil {
 		return "", fmt.Errorf("tar the base: %w", err)
 	}
@@ -173,14 +175,15 @@ func slim(rootfs string) error {
 	return nil
 }
 
-// tarDir writes the tree at dir into a tar file with paths relative to it,
-// keeping modes, owners, links and device nodes.
+// tarDir writes the tree at dir into a gzipped tar file with paths
+// relative to it, keeping modes, owners, links and device nodes.
 func tarDir(dir, out string) error {
 	f, err := os.Create(out)
 	if err != nil {
 		return err
 	}
-	tw := tar.NewWriter(f)
+	zw := gzip.NewWriter(f)
+	tw := tar.NewWriter(zw)
 	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -225,6 +228,9 @@ func tarDir(dir, out string) error {
 	})
 	if err == nil {
 		err = tw.Close()
+	}
+	if err == nil {
+		err = zw.Close()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
