@@ -166,7 +166,7 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("start cluster: %w", err)
 		}
-		realChecks = append(realChecks, check{"kube-proxy /healthz", httpOK(healthHTTP, health)})
+		realChecks = append(realChecks, check{"kube-proxy /livez", httpOK(healthHTTP, health)})
 	}
 
 	kwokEnv := processEnv([]string{"HOME=" + filepath.Join(workDir, "kwok-home")}) // keep ~/.kwok/kwok.yaml out

@@ -54,7 +54,9 @@ func (c *Cluster) startRealNet(ctx context.Context, bins NodeBinaries, progress 
 		errs = append(errs, deleteLink(l))
 	}
 	for _, cg := range cgroupLeftovers(linkPrefix) {
-		errs = append(errs, removeCgroupRoot(strings.TrimPrefix(cg, filepath.Dir(cg)), powerOffTimeout))
+		// Containers of a crashed run may still be running in it.
+		name := strings.TrimPrefix(cg, filepath.Dir(cg))
+		errs = append(errs, killCgroup(name, powerOffTimeout), removeCgroupRoot(name, powerOffTimeout))
 	}
 	errs = append(errs, deleteKubeProxyTables(), addHostAddress())
 	if err := errors.Join(errs...); err != nil {
@@ -118,7 +120,7 @@ func (c *Cluster) startKubeProxy(ctx context.Context) (healthURL string, err err
 	if err := c.start("kube-proxy", c.real.bins.KubeProxy, []string{"--config=" + confPath}, processEnv(nil)); err != nil {
 		return "", err
 	}
-	return loopbackURL("http", ports[0]) + "/healthz", nil
+	return loopbackURL("http", ports[0]) + "/livez", nil
 }
 
 // stopRealNet undoes startRealNet once every process is stopped.
