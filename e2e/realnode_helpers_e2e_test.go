@@ -32,6 +32,9 @@ const realWait = 3 * time.Minute
 // and PD's lifecycle runs at test speed.
 var realPDOptions = pdsim.Options{MaxReplicas: 1, DrainDelay: time.Second, DisconnectedAfter: 2 * time.Second, DownAfter: 4 * time.Second, CheckInterval: 200 * time.Millisecond}
 
+// anchorStore is the address of a TiKV store that is not ours and stays Up.
+const anchorStore = "tikv-elsewhere.demo-tikv-peer.default.svc:20160"
+
 // requireRealNodes installs the host packages real nodes need (as make
 // test does) and skips, naming what is missing, when they still cannot
 // run — or fails where CI is set, so a skipped claim never counts as proven.
@@ -79,6 +82,9 @@ func startRealEnv(t testing.TB, nodes ...string) *realEnv {
 	require.NoError(t, err)
 	t.Cleanup(p.Close)
 	re.pd = p
+	// A store of the TiKV cluster that lives elsewhere: PD refuses to
+	// remove the last Up store, so the scenarios' own stores can all go.
+	p.Sim.RegisterStore(anchorStore)
 	require.NoError(t, re.env.ExposePD(ctx, p, tidbNS, tidbInstance))
 	t.Logf("real-node environment with %d nodes, agents and controllers Ready in %s", len(nodes), time.Since(re.started).Round(time.Millisecond))
 	return re

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"sigs.k8s.io/yaml"
 )
@@ -48,7 +49,13 @@ func (c *Cluster) startRealNet(ctx context.Context, bins NodeBinaries, progress 
 		}
 	}
 	c.real = r
-	// Holding the lock, anything of ours on the host is a crashed run's.
+	// Holding the lock, anything of ours on the host is a crashed run's:
+	// its shims (and their containers) first, then what they used.
+	for _, pid := range processesNaming(realNodesDir + "/") {
+		if isShim(pid) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 	var errs []error
 	for _, l := range ourLinks(linkPrefix) {
 		errs = append(errs, deleteLink(l))
@@ -63,6 +70,16 @@ func (c *Cluster) startRealNet(ctx context.Context, bins NodeBinaries, progress 
 		return fmt.Errorf("prepare the host for real nodes: %w", err)
 	}
 	return nil
+}
+
+// realNodesDir is the directory of the work dir that holds the real
+// nodes; a shim's -address names a socket below it.
+const realNodesDir = "real-nodes"
+
+// isShim reports whether pid runs containerd's runc shim.
+func isShim(pid int) bool {
+	exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+	return err == nil && filepath.Base(exe) == "containerd-shim-runc-v2"
 }
 
 // issueClientCert issues a client certificate from the cluster CA.

@@ -105,7 +105,7 @@ func (c *Cluster) AddRealNode(ctx context.Context, name string, cfg RealNodeConf
 	r.mu.Lock()
 	n := &RealNode{
 		Name:   name,
-		Dir:    filepath.Join(c.WorkDir, "real-nodes", name),
+		Dir:    filepath.Join(c.WorkDir, realNodesDir, name),
 		c:      c,
 		index:  len(r.nodes),
 		cgroup: "/" + linkPrefix + r.id + "-" + name,

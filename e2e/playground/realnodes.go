@@ -166,6 +166,9 @@ func (s *realStory) start(ctx context.Context) error {
 		return err
 	}
 	s.pd = p
+	// The rest of the TiKV cluster, elsewhere: PD never removes its last
+	// Up store, so the demo's own store can go.
+	p.Sim.RegisterStore(fmt.Sprintf("tikv-elsewhere.%s-tikv-peer.default.svc:%d", stsName, sim.TiKVPort))
 	if err := s.env.ExposePD(ctx, p, "default", stsName); err != nil {
 		return err
 	}
