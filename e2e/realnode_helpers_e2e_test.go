@@ -78,6 +78,9 @@ func startRealEnv(t testing.TB, nodes ...string) *realEnv {
 		require.NoError(t, err)
 	}
 	re.waitControllers(ctx, t, int32(min(2, len(nodes))))
+	if len(nodes) > 1 {
+		re.spreadControllers(ctx, t)
+	}
 	p, err := re.env.StartPD(ctx, realPDOptions)
 	require.NoError(t, err)
 	t.Cleanup(p.Close)
@@ -136,6 +139,45 @@ func (re *realEnv) waitControllers(ctx context.Context, t testing.TB, n int32) {
 		d, err := re.env.Cluster.Client.AppsV1().Deployments(sim.Namespace).Get(ctx, sim.ControllerDeployment, metav1.GetOptions{})
 		return err == nil && d.Status.ReadyReplicas >= n
 	}, realWait, 100*time.Millisecond, "the controller Deployment never had %d Ready replicas", n)
+}
+
+// spreadControllers puts the two controller replicas on two nodes. The
+// manifest's anti-affinity is only preferred: the Deployment, applied
+// before any node existed, had both pods scheduled onto the first node
+// that became Ready, as it would when a cluster is bootstrapped. Deleting
+// one lets the scheduler honour the preference.
+func (re *realEnv) spreadControllers(ctx context.Context, t testing.TB) {
+	t.Helper()
+	c := re.env.Cluster.Client.CoreV1()
+	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=controller"}
+	pods, err := c.Pods(sim.Namespace).List(ctx, sel)
+	require.NoError(t, err)
+	if len(pods.Items) != 2 || pods.Items[0].Spec.NodeName != pods.Items[1].Spec.NodeName {
+		return
+	}
+	require.NoError(t, c.Pods(sim.Namespace).Delete(ctx, pods.Items[1].Name, metav1.DeleteOptions{}))
+	require.Eventually(t, func() bool {
+		pods, err := c.Pods(sim.Namespace).List(ctx, sel)
+		if err != nil {
+			return false
+		}
+		on := map[string]bool{}
+		for _, p := range pods.Items {
+			if p.DeletionTimestamp == nil && podIsReady(&p) {
+				on[p.Spec.NodeName] = true
+			}
+		}
+		return len(on) == 2
+	}, realWait, 100*time.Millisecond, "the controller replicas never spread over two nodes")
+}
+
+func podIsReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
 
 // dumpLogs prints the end of every real node's kubelet and containerd log

@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -43,8 +44,9 @@ func main() {
 		fl := flag.NewFlagSet("tikv", flag.ExitOnError)
 		data := fl.String("data", "/var/lib/tikv", "the volume")
 		files := fl.Int("files", 100, "files to write on first start")
+		size := fl.Int("size", 10, "bytes per file (0: empty files, which take no tmpfs pages)")
 		_ = fl.Parse(os.Args[2:])
-		if err := tikv(*data, *files); err != nil {
+		if err := tikv(*data, *files, *size); err != nil {
 			fmt.Fprintln(os.Stderr, "testpod:", err)
 			os.Exit(1)
 		}
@@ -88,7 +90,7 @@ func pause(sigs <-chan os.Signal) {
 
 // tikv writes files once: a LOCK file at the root marks a volume that
 // already holds this store's data, as TiKV's own LOCK does.
-func tikv(data string, files int) error {
+func tikv(data string, files, size int) error {
 	lock := filepath.Join(data, "LOCK")
 	if _, err := os.Stat(lock); err == nil {
 		fmt.Printf("found my data in %s: keeping it\n", data)
@@ -96,6 +98,7 @@ func tikv(data string, files int) error {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
+	content := []byte(strings.Repeat("tikv data\n", size/10+1)[:size])
 	start := time.Now()
 	for i := range files {
 		dir := filepath.Join(data, fmt.Sprintf("db-%04d", i/filesPerDir))
@@ -104,7 +107,7 @@ func tikv(data string, files int) error {
 				return err
 			}
 		}
-		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%06d.sst", i)), []byte("tikv data\n"), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%06d.sst", i)), content, 0o644); err != nil {
 			return err
 		}
 	}
