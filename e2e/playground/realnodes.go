@@ -107,7 +107,8 @@ func runReal(o options) int {
 	if s.pd != nil {
 		s.pd.Close()
 	}
-	adoptStrayMounts(out, env, work, nil)
+	// No adoptStrayMounts: the real nodes' teardown unmounts everything
+	// below their directories, the agent's mounts and yours alike.
 	if !verify(out, work, env.Close) {
 		code = 1
 	}
