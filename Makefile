@@ -5,8 +5,11 @@
 #               mkfs), fuzzing, and the e2e scenarios on a real control plane
 #
 # The Kubernetes binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kwok) are built from Go modules once per version into
-# $(CACHE) — outside the work tree — and reused afterwards.
+# kube-scheduler, kubelet, kube-proxy, kwok), containerd and the image's
+# Debian base are built once per version into $(CACHE) — outside the work
+# tree — and reused afterwards. As root, the Debian packages the real nodes
+# need (runc, CNI plugins, nftables, xfsprogs, debootstrap) are installed
+# when missing.
 
 GO        ?= go
 BIN       ?= bin
@@ -14,9 +17,10 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 CACHE     ?= $(or $(TIDB_LOCALPV_CACHE),$(HOME)/.cache/tidb-localpv)
 FUZZTIME  ?= 30s
 E2E_TIMEOUT ?= 60m
+IMAGE     ?= tidb-localpv.local/tidb-localpv:$(VERSION)
 export TIDB_LOCALPV_CACHE := $(CACHE)
 
-.PHONY: all build test unit fuzz e2e e2e-prepare bench demo demo-smoke lint clean help generate
+.PHONY: all build image test unit fuzz e2e e2e-prepare bench demo demo-real demo-smoke lint clean help generate
 
 all: build
 
@@ -26,6 +30,9 @@ help:
 build: ## build bin/tidb-localpv (and bin/kubectl-tidb_localpv, the kubectl plugin: put it on your PATH)
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN)/tidb-localpv ./cmd/tidb-localpv
 	ln -sf tidb-localpv $(BIN)/kubectl-tidb_localpv
+
+image: ## build the image without Docker: $(BIN)/tidb-localpv-image.tar (docker load / ctr import / crane push), named $(IMAGE)
+	$(GO) run ./e2e/image/cmd/build-image -out $(BIN)/tidb-localpv-image.tar -version $(VERSION) -tag $(IMAGE) -cache-dir $(CACHE)
 
 test: lint unit fuzz e2e demo-smoke ## the full suite (run as root to include the real-disk tests; CI=1 makes skipped root tests fail)
 	@echo "make test: all passed"
@@ -40,22 +47,27 @@ fuzz: ## bounded fuzzing of the parsers ($(FUZZTIME) each)
 	@echo "== fuzz: PD store decoder"
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeStores$$' -fuzztime=$(FUZZTIME) ./volumecontroller/pd/
 
-e2e-prepare: ## build (or reuse) the control-plane binaries in $(CACHE), printing progress
+e2e-prepare: ## install missing host packages (root) and build (or reuse) every binary and the image base in $(CACHE), printing progress
 	$(GO) run ./e2e/cluster/cmd/prepare -cache-dir $(CACHE)
 
 e2e: e2e-prepare ## the scenarios on a real control plane
 	@echo "== e2e scenarios"
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -v ./e2e/...
 
-bench: e2e-prepare ## benchmarks that print figures (wipe time, mount→PV, Tombstone→Available, controller resync)
+bench: e2e-prepare ## benchmarks that print figures (wipe time, mount→PV, Tombstone→Available, controller resync, real nodes)
 	$(GO) test -run='^$$' -bench=. -benchtime=3x -benchmem ./provisioner/ ./daemon/ ./volumecontroller/...
-	$(GO) test -tags e2e -run='^$$' -bench=. -benchtime=5x -timeout $(E2E_TIMEOUT) ./e2e/
+	$(GO) test -tags e2e -run='^$$' -bench=. -skip=RealNode -benchtime=5x -timeout $(E2E_TIMEOUT) ./e2e/
+	@echo "== real-node benchmarks (each takes its own samples; a node death waits the manifest's 60 s grace)"
+	$(GO) test -tags e2e -run='^$$' -bench=RealNode -benchtime=1x -timeout $(E2E_TIMEOUT) -v ./e2e/
 
 demo-smoke: e2e-prepare ## the playground's whole story, then exit (keeps make demo working)
 	$(GO) run ./e2e/playground -exit
 
 demo: e2e-prepare ## the playground: ready in under a minute on a warm cache; Ctrl-C tears it down
 	$(GO) run ./e2e/playground
+
+demo-real: e2e-prepare ## the playground on two real nodes (kubelet + containerd, the image built here, a pod writing files); root
+	$(GO) run ./e2e/playground -real-nodes
 
 lint: ## gofmt and go vet (including e2e-tagged files)
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*')); test -z "$$out" || { echo "gofmt needed:"; echo "$$out"; exit 1; }

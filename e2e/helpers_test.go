@@ -103,7 +103,7 @@ type placement struct {
 
 // waitStatefulSetBound waits until replicas pods of sts are Running, each
 // with its claim Bound, and returns them in ordinal order.
-func waitStatefulSetBound(ctx context.Context, t *testing.T, env *sim.Env, sts *appsv1.StatefulSet, replicas int) []placement {
+func waitStatefulSetBound(ctx context.Context, t testing.TB, env *sim.Env, sts *appsv1.StatefulSet, replicas int) []placement {
 	t.Helper()
 	c := env.Cluster.Client.CoreV1()
 	tmpl := sts.Spec.VolumeClaimTemplates[0].Name

@@ -224,3 +224,10 @@ func lockFile(ctx context.Context, path string, progress io.Writer) (unlock func
 		}
 	}
 }
+
+// DefaultCacheDir is the cache directory BuildOptions use when none is
+// given: $TIDB_LOCALPV_CACHE, else <user cache dir>/tidb-localpv.
+func DefaultCacheDir() (string, error) {
+	o, err := BuildOptions{}.withDefaults()
+	return o.CacheDir, err
+}

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -38,6 +40,10 @@ type Config struct {
 	// flags, so they may override them.
 	ControllerManagerFlags []string
 	SchedulerFlags         []string
+	// RealNodes, when set, prepares the cluster for real nodes
+	// (AddRealNode): kube-apiserver listens on an address pods reach, and
+	// kube-proxy and a cluster DNS serve the pods. Nil: kwok nodes only.
+	RealNodes *NodeBinaries
 }
 
 // Cluster is a running control plane: etcd, kube-apiserver,
@@ -51,6 +57,7 @@ type Cluster struct {
 	WorkDir string
 
 	layout     layout
+	real       *realNet // nil without real nodes
 	restConfig *rest.Config
 	caPEM      []byte
 
@@ -95,7 +102,11 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("start cluster: %w", err)
 	}
-	l := layout{workDir: workDir, pki: pki, ports: pp, adminKubeconfig: filepath.Join(workDir, "admin.kubeconfig")}
+	l := layout{workDir: workDir, pki: pki, ports: pp, adminKubeconfig: filepath.Join(workDir, "admin.kubeconfig"), apiHost: "127.0.0.1"}
+	if cfg.RealNodes != nil {
+		l.apiHost = hostAddress
+		l.realNodes = true
+	}
 	restConfig, err := adminRESTConfig(l.apiServerURL(), pki)
 	if err != nil {
 		return nil, fmt.Errorf("start cluster: admin client config: %w", err)
@@ -106,6 +117,14 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 			c.Stop()
 		}
 	}()
+	if cfg.RealNodes != nil {
+		if err := c.startRealNet(ctx, *cfg.RealNodes, progress); err != nil {
+			return nil, fmt.Errorf("start cluster: %w", err)
+		}
+		if err := c.writeRealNodePKI(); err != nil {
+			return nil, fmt.Errorf("start cluster: %w", err)
+		}
+	}
 	if err := writeKubeconfig(l.adminKubeconfig, l.apiServerURL(), c.caPEM, adminUser,
 		credentials{certPEM: restConfig.CertData, keyPEM: restConfig.KeyData}); err != nil {
 		return nil, fmt.Errorf("start cluster: %w", err)
@@ -138,6 +157,17 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 		return nil, err
 	}
 	fmt.Fprintf(progress, "kube-apiserver ready at %s after %s\n", l.apiServerURL(), time.Since(started).Round(time.Millisecond))
+	var realChecks []check
+	if cfg.RealNodes != nil {
+		if c.real.dns, err = startClusterDNS(c.Client, net.JoinHostPort(hostAddress, "53")); err != nil {
+			return nil, fmt.Errorf("start cluster: %w", err)
+		}
+		health, err := c.startKubeProxy(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("start cluster: %w", err)
+		}
+		realChecks = append(realChecks, check{"kube-proxy /livez", httpOK(healthHTTP, health)})
+	}
 
 	kwokEnv := processEnv([]string{"HOME=" + filepath.Join(workDir, "kwok-home")}) // keep ~/.kwok/kwok.yaml out
 	if err := os.MkdirAll(filepath.Join(workDir, "kwok-home"), 0o755); err != nil {
@@ -155,10 +185,7 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 			return nil, err
 		}
 	}
-	checks := []struct {
-		what  string
-		ready func(context.Context) error
-	}{
+	checks := []check{
 		{"kube-controller-manager /healthz", httpOK(healthHTTP, loopbackURL("https", pp.controllerManager)+"/healthz")},
 		{"kube-scheduler /healthz", httpOK(healthHTTP, loopbackURL("https", pp.scheduler)+"/healthz")},
 		{"kwok /healthz", httpOK(healthHTTP, loopbackURL("http", pp.kwok)+"/healthz")},
@@ -168,6 +195,7 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 			return err
 		}},
 	}
+	checks = append(checks, realChecks...)
 	for _, chk := range checks {
 		if err := c.waitFor(ctx, chk.what, componentTimeout, chk.ready); err != nil {
 			return nil, err
@@ -188,10 +216,31 @@ func (c *Cluster) Stop() {
 		c.mu.Lock()
 		procs := append([]*process(nil), c.procs...)
 		c.mu.Unlock()
+		if c.real != nil {
+			c.real.mu.Lock()
+			nodes := slices.Clone(c.real.nodes)
+			c.real.mu.Unlock()
+			for _, n := range nodes {
+				if err := n.teardown(); err != nil {
+					c.real.mu.Lock()
+					c.real.errs = append(c.real.errs, fmt.Errorf("node %s: %w", n.Name, err))
+					c.real.mu.Unlock()
+				}
+			}
+		}
 		for i := len(procs) - 1; i >= 0; i-- {
 			procs[i].stop()
 		}
+		if c.real != nil {
+			c.stopRealNet()
+		}
 	})
+}
+
+// check is one readiness condition of Start.
+type check struct {
+	what  string
+	ready func(context.Context) error
 }
 
 // pids returns the process ids of every component started, in start order.
@@ -230,6 +279,10 @@ func (c *Cluster) waitFor(ctx context.Context, what string, timeout time.Duratio
 		last := ready(ctx)
 		if last == nil {
 			return nil
+		}
+		var stop errStop
+		if errors.As(last, &stop) {
+			return fmt.Errorf("wait for %s: %w", what, stop.err)
 		}
 		select {
 		case <-ctx.Done():

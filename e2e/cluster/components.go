@@ -52,6 +52,10 @@ type layout struct {
 	pki             pkiFiles
 	ports           ports
 	adminKubeconfig string
+	// apiHost is where kube-apiserver listens: 127.0.0.1, or with real
+	// nodes the host address pods and kubelets reach.
+	apiHost   string
+	realNodes bool
 }
 
 func (l layout) path(elem ...string) string {
@@ -62,8 +66,17 @@ func loopbackURL(scheme string, port int) string {
 	return scheme + "://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 }
 
-func (l layout) etcdURL() string      { return loopbackURL("http", l.ports.etcdClient) }
-func (l layout) apiServerURL() string { return loopbackURL("https", l.ports.apiServer) }
+func (l layout) etcdURL() string { return loopbackURL("http", l.ports.etcdClient) }
+func (l layout) apiServerURL() string {
+	return "https://" + net.JoinHostPort(l.apiHost, strconv.Itoa(l.ports.apiServer))
+}
+
+// kubeletClient is the apiserver's client certificate towards the
+// kubelets (logs, exec), from the cluster CA, in group system:masters as
+// kubeadm's is.
+func (l layout) kubeletClient() (cert, key string) {
+	return filepath.Join(filepath.Dir(l.pki.CACert), "apiserver-kubelet-client.crt"), filepath.Join(filepath.Dir(l.pki.CACert), "apiserver-kubelet-client.key")
+}
 
 func (l layout) etcdArgs() []string {
 	peer := loopbackURL("http", l.ports.etcdPeer)
@@ -83,10 +96,10 @@ func (l layout) etcdArgs() []string {
 
 func (l layout) apiServerArgs() []string {
 	p := l.pki
-	return []string{
+	args := []string{
 		"--etcd-servers=" + l.etcdURL(),
-		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
+		"--bind-address=" + l.apiHost,
+		"--advertise-address=" + l.apiHost,
 		"--secure-port=" + strconv.Itoa(l.ports.apiServer),
 		"--cert-dir=" + l.path("certs", "kube-apiserver"),
 		"--tls-cert-file=" + p.ServingCert,
@@ -98,9 +111,6 @@ func (l layout) apiServerArgs() []string {
 		"--service-account-key-file=" + p.SAPub,
 		"--service-account-signing-key-file=" + p.SAKey,
 		"--service-cluster-ip-range=" + serviceCIDR,
-		// The default reconciler publishes 127.0.0.1 as the kubernetes
-		// Service endpoint, which is invalid and logged every 10 s.
-		"--endpoint-reconciler-type=none",
 		// Without a front-proxy CA the controller-manager and scheduler log
 		// a missing requestheader bundle forever.
 		"--requestheader-client-ca-file=" + p.FrontProxyCACert,
@@ -111,6 +121,19 @@ func (l layout) apiServerArgs() []string {
 		"--proxy-client-cert-file=" + p.FrontProxyClientCert,
 		"--proxy-client-key-file=" + p.FrontProxyClientKey,
 	}
+	if !l.realNodes {
+		// The default reconciler publishes 127.0.0.1 as the kubernetes
+		// Service endpoint, which is invalid and logged every 10 s. With
+		// real nodes it publishes the host address, which pods reach.
+		return append(args, "--endpoint-reconciler-type=none")
+	}
+	cert, key := l.kubeletClient()
+	return append(args,
+		"--kubelet-client-certificate="+cert,
+		"--kubelet-client-key="+key,
+		// Every real node shares the host address; the port tells them apart.
+		"--kubelet-preferred-address-types=InternalIP",
+	)
 }
 
 // kubeClientArgs are the flags the controller-manager and scheduler share:

@@ -134,6 +134,15 @@ func TestBinariesLiveInAPerVersionCacheLayout(t *testing.T) {
 		APIServer:         "/cache/kube/v1.35.4/kube-apiserver",
 		ControllerManager: "/cache/kube/v1.35.4/kube-controller-manager",
 		Scheduler:         "/cache/kube/v1.35.4/kube-scheduler",
+		Kubelet:           "/cache/kube/v1.35.4/kubelet",
 		Kwok:              "/cache/kwok/v0.7.0/kwok",
 	}, binariesIn(opts))
+	require.Equal(t, NodeBinaries{
+		Kubelet:        "/cache/kube/v1.35.4/kubelet",
+		KubeProxy:      "/cache/kube-proxy/v1.35.4/kube-proxy",
+		Containerd:     "/cache/containerd/v2.4.2/containerd",
+		ContainerdShim: "/cache/containerd/v2.4.2/containerd-shim-runc-v2",
+		Ctr:            "/cache/containerd/v2.4.2/ctr",
+		LockFile:       "/cache/real-nodes.lock",
+	}, nodeBinariesIn(opts, DefaultContainerdVersion))
 }

@@ -7,6 +7,8 @@
 //
 //	go run ./e2e/playground            # make demo
 //	go run ./e2e/playground -exit      # the story only, for CI
+//	go run ./e2e/playground -real-nodes   # make demo-real: the lifecycle on
+//	                                      # real kubelets with containerd
 package main
 
 import (
@@ -35,6 +37,7 @@ type options struct {
 	exit      bool
 	verbose   bool
 	plainDirs bool
+	realNodes bool
 }
 
 func main() {
@@ -43,11 +46,15 @@ func main() {
 	flag.BoolVar(&o.exit, "exit", false, "tell the story, tear down and exit (CI smoke test) instead of leaving the cluster up")
 	flag.BoolVar(&o.verbose, "v", false, "show control-plane start-up progress and run the agents with -v=2")
 	flag.BoolVar(&o.plainDirs, "plain-dirs", false, "use plain directories published through the inventory even as root (what a non-root run does)")
+	flag.BoolVar(&o.realNodes, "real-nodes", false, "tell the disk's life on two real nodes (kubelet + containerd, the image built from the work tree, a pod writing real files) instead; needs root")
 	flag.Parse()
 	// client-go logs through klog; a cancelled request is not news here.
 	// (With stderr off, SetOutput keeps klog from creating log files.)
 	klog.LogToStderr(false)
 	klog.SetOutput(io.Discard)
+	if o.realNodes {
+		os.Exit(runReal(o))
+	}
 	os.Exit(run(o))
 }
 

@@ -17,6 +17,9 @@ type Node struct {
 	Name string
 	// Root stands for the node's "/": the agent's host paths live below it.
 	Root string
+	// Real is the kubelet node when the node is real (AddRealNode); nil
+	// for a kwok node, whose agent runs as a local process.
+	Real *cluster.RealNode
 	env  *Env
 
 	mu          sync.Mutex

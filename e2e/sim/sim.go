@@ -44,6 +44,10 @@ type Options struct {
 	ControllerManagerFlags []string
 	// ExtraAgentArgs are appended to the DaemonSet's arguments (e.g. -v=4).
 	ExtraAgentArgs []string
+	// RealNodes prepares the env for real nodes (AddRealNode): host
+	// packages, kubelet, containerd and kube-proxy, the image built from the
+	// work tree, and manifests/ applied with that image.
+	RealNodes bool
 }
 
 // Env is a control plane with our manifests applied and simulated nodes.
@@ -56,7 +60,10 @@ type Env struct {
 	AgentArgs []string
 	// AgentKubeconfig authenticates as the agent's ServiceAccount.
 	AgentKubeconfig string
-	opts            Options
+	// ImageArchive and TestImages are the docker-archives of the image
+	// built from the work tree and of the test images (real nodes only).
+	ImageArchive, TestImages string
+	opts                     Options
 
 	mu    sync.Mutex
 	nodes []*Node
@@ -104,7 +111,15 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 		}
 	}()
 	t0 := time.Now()
-	bins, err := cluster.EnsureBinaries(ctx, cluster.BuildOptions{Progress: progress})
+	var (
+		bins     cluster.Binaries
+		nodeBins *cluster.NodeBinaries
+	)
+	if opts.RealNodes {
+		bins, nodeBins, err = e.prepareRealNodes(ctx)
+	} else {
+		bins, err = cluster.EnsureBinaries(ctx, cluster.BuildOptions{Progress: progress})
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -121,11 +136,18 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 		Progress:               progress,
 		SchedulerFlags:         opts.SchedulerFlags,
 		ControllerManagerFlags: opts.ControllerManagerFlags,
+		RealNodes:              nodeBins,
 	})
 	if err != nil {
 		return nil, err
 	}
-	if out, err := e.Cluster.Kubectl(ctx, "apply", "-k", filepath.Join(opts.RepoRoot, "manifests")); err != nil {
+	manifests := filepath.Join(opts.RepoRoot, "manifests")
+	if opts.RealNodes {
+		if manifests, err = e.manifestsOverlay(); err != nil {
+			return nil, err
+		}
+	}
+	if out, err := e.Cluster.Kubectl(ctx, "apply", "-k", manifests); err != nil {
 		return nil, fmt.Errorf("kubectl apply -k manifests/: %w: %s", err, out)
 	}
 	e.AgentKubeconfig = filepath.Join(opts.WorkDir, "agent.kubeconfig")
@@ -218,10 +240,15 @@ func (e *Env) Close() error {
 	for _, p := range procs {
 		p.Stop()
 	}
+	var real []string
 	if e.Cluster != nil {
 		e.Cluster.Stop()
+		real = e.Cluster.RealNodeLeftovers()
 	}
 	err := e.Host.Close()
+	if len(real) > 0 {
+		err = errors.Join(err, fmt.Errorf("real nodes left behind: %s", strings.Join(real, "; ")))
+	}
 	mounts, loops, lerr := hostdisk.Leftovers(e.opts.WorkDir)
 	switch {
 	case lerr != nil:
@@ -237,6 +264,23 @@ func (e *Env) Close() error {
 		err = errors.Join(err, fmt.Errorf("left behind: processes %s", strings.Join(left, "; ")))
 	}
 	return err
+}
+
+// progress is where start-up progress goes.
+func (e *Env) progress() io.Writer {
+	if e.opts.Progress == nil {
+		return io.Discard
+	}
+	return e.opts.Progress
+}
+
+// pdListenAddress is where the PD simulator listens: loopback, or with
+// real nodes the host address their pods reach.
+func (e *Env) pdListenAddress() string {
+	if e.opts.RealNodes {
+		return net.JoinHostPort(cluster.HostAddress, "0")
+	}
+	return ""
 }
 
 // WorkDir is the directory that holds everything of this env.

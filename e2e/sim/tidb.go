@@ -52,7 +52,7 @@ func (e *Env) StartPD(ctx context.Context, opts pdsim.Options) (*PD, error) {
 		opts.Members = []string{} // members are the PD pods that run
 	}
 	p := &PD{Sim: pdsim.New(opts), stores: map[string]uint64{}, stop: make(chan struct{})}
-	url, err := p.Sim.Start("")
+	url, err := p.Sim.Start(e.pdListenAddress())
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tidb-localpv/tidb-localpv/e2e/cluster"
+	"github.com/tidb-localpv/tidb-localpv/e2e/image"
 )
 
 func main() {
@@ -29,7 +30,15 @@ func main() {
 	defer stop()
 
 	start := time.Now()
-	bins, err := cluster.EnsureBinaries(ctx, opts)
+	// As root, the Debian packages real nodes need are installed when
+	// missing, so a fresh machine needs nothing by hand.
+	if err := cluster.InstallHostPackages(ctx, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "prepare:", err)
+		os.Exit(1)
+	}
+	// The real nodes' binaries (containerd, kube-proxy) too: a cold CI run
+	// builds everything here, with progress, rather than inside a test.
+	bins, nodes, err := cluster.EnsureNodeBinaries(ctx, cluster.NodeBuildOptions{BuildOptions: opts})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "prepare:", err)
 		os.Exit(1)
@@ -40,5 +49,22 @@ func main() {
 	fmt.Printf("kube-scheduler:          %s\n", bins.Scheduler)
 	fmt.Printf("kubelet:                 %s\n", bins.Kubelet)
 	fmt.Printf("kwok:                    %s\n", bins.Kwok)
+	fmt.Printf("kube-proxy:              %s\n", nodes.KubeProxy)
+	fmt.Printf("containerd:              %s\n", nodes.Containerd)
+	// The image's Debian base (debootstrap needs root; without it the
+	// real-node tests skip anyway).
+	if os.Geteuid() == 0 {
+		cache, err := cluster.DefaultCacheDir()
+		if opts.CacheDir != "" {
+			cache = opts.CacheDir
+		}
+		if err == nil {
+			_, err = image.EnsureBase(ctx, image.BaseOptions{CacheDir: cache, Progress: os.Stdout})
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "prepare:", err)
+			os.Exit(1)
+		}
+	}
 	fmt.Printf("ready in %s\n", time.Since(start).Round(time.Millisecond))
 }
