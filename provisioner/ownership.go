@@ -26,8 +26,8 @@ const (
 	// on was removed; one gone together with all of its peers vanished
 	// with its PD (rebuilt or recovered), which tells nothing.
 	AnnPDPeers = "tidb-localpv.io/pd-peers"
-	// AnnOwnerSeen is when the owner was last seen in PD (RFC 3339), in
-	// the state AnnOwnerState records.
+	// AnnOwnerSeen is since when PD has shown the owner in the state
+	// AnnOwnerState records (RFC 3339); it changes with the state only.
 	AnnOwnerSeen = "tidb-localpv.io/owner-seen"
 	// AnnOfflinedAt is set by the volume-controller when it asked PD to
 	// offline the disk's store because its node was dead (RFC 3339): a node

@@ -191,6 +191,12 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 		c.diskInf = c.dynFactory.ForResource(v1alpha1.Resource).Informer()
 		c.synced = append(c.synced, c.diskInf.HasSynced)
 	}
+	// Standbys watch too: a node deleted while this replica stands by
+	// starts its grace now, so a leader taken over later does not start
+	// the grace over (the first sight of the missing node is the deletion).
+	if _, err := nodeInf.AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: c.nodeDeleted}); err != nil {
+		return nil, err
+	}
 	for _, h := range handlers {
 		fn := h.fn
 		if _, err := h.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -351,6 +357,22 @@ func (c *Controller) processNext(ctx context.Context) bool {
 		c.queue.AddRateLimited(key)
 	}
 	return true
+}
+
+// nodeDeleted notes when a Node was deleted.
+func (c *Controller) nodeDeleted(obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	node, ok := obj.(*corev1.Node)
+	if !ok {
+		return
+	}
+	c.mu.Lock()
+	if _, seen := c.goneAt[node.Name]; !seen {
+		c.goneAt[node.Name] = c.clock.Now()
+	}
+	c.mu.Unlock()
 }
 
 // nodeFacts says whether the node is there, and for how long it has not been.

@@ -38,6 +38,19 @@ type fakePD struct {
 	deleteErr   error
 	deletes     []uint64
 	maxReplicas int
+	calls       int
+}
+
+func (f *fakePD) resetCalls() {
+	f.mu.Lock()
+	f.calls = 0
+	f.mu.Unlock()
+}
+
+func (f *fakePD) callCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls
 }
 
 // testClusterID is a PD cluster ID above 2^53, as real ones are.
@@ -46,6 +59,7 @@ const testClusterID = uint64(7714128303309438701)
 func (f *fakePD) ClusterID(context.Context) (uint64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.calls++
 	if f.err != nil {
 		return 0, f.err
 	}
@@ -55,6 +69,7 @@ func (f *fakePD) ClusterID(context.Context) (uint64, error) {
 func (f *fakePD) Stores(context.Context, ...pd.StoreState) ([]pd.StoreInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.calls++
 	if f.err != nil {
 		return nil, f.err
 	}
@@ -68,6 +83,7 @@ func (f *fakePD) Stores(context.Context, ...pd.StoreState) ([]pd.StoreInfo, erro
 func (f *fakePD) Store(_ context.Context, id uint64) (pd.StoreInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.calls++
 	if f.err != nil {
 		return pd.StoreInfo{}, f.err
 	}
@@ -97,6 +113,7 @@ func (f *fakePD) DeleteStore(_ context.Context, id uint64) error {
 func (f *fakePD) Members(context.Context) (pd.Members, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.calls++
 	if f.err != nil {
 		return pd.Members{}, f.err
 	}
@@ -106,6 +123,7 @@ func (f *fakePD) Members(context.Context) (pd.Members, error) {
 func (f *fakePD) MaxReplicas(context.Context) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.calls++
 	if f.err != nil {
 		return 0, f.err
 	}

@@ -161,3 +161,16 @@ func TestSync_ANodeBackWhileTheStoreWeOfflinedDrainsIsReportedWithTheCancelComma
 	require.Contains(t, w.events(), "pd-ctl store cancel-delete 7")
 	require.Empty(t, w.claimDeletes())
 }
+
+func TestSync_ALeaderTakingOverCountsTheDeadNodeGraceFromTheDeletionItSawAsStandby(t *testing.T) {
+	w := newWorld(t, tikvObjects(true)...)
+	w.recordOwner()
+	w.pd.set(7, "Disconnected")
+	// This replica stands by (informers only, no syncs) when the node goes.
+	require.NoError(t, w.client.CoreV1().Nodes().Delete(w.ctx, "node-a", metav1.DeleteOptions{}))
+	require.Eventually(t, func() bool { _, err := w.c.nodeLister.Get("node-a"); return err != nil }, 5*time.Second, time.Millisecond)
+	w.clock.Step(2 * time.Minute)
+	// It takes over the lease: the node has been gone for two minutes.
+	require.NoError(t, w.sync())
+	require.Equal(t, []uint64{7}, w.pd.deletes)
+}

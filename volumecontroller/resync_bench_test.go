@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -43,7 +44,7 @@ func BenchmarkFullResync10kPVs(b *testing.B) {
 		pod.Spec.Volumes[0].PersistentVolumeClaim.ClaimName = pvc.Name
 		objs = append(objs, pv, pvc, pod)
 		id := uint64(i + 1)
-		stores[id] = pd.StoreInfo{ID: id, Address: fmt.Sprintf("demo-tikv-%d.demo-tikv-peer.tidb.svc:20160", i), StateName: "Up"}
+		stores[id] = pd.StoreInfo{ID: id, Address: fmt.Sprintf("demo-tikv-%d.demo-tikv-peer.tidb.svc:20160", i), StateName: "Up", LastHeartbeat: testNow}
 	}
 	for i := range 100 {
 		node := tikvObjects(false)[2].(*corev1.Node).DeepCopy()
@@ -51,7 +52,7 @@ func BenchmarkFullResync10kPVs(b *testing.B) {
 		objs = append(objs, node)
 	}
 	client := fake.NewClientset(objs...)
-	fpd := &fakePD{stores: stores}
+	fpd := &fakePD{cluster: testClusterID, stores: stores}
 	tmpl, _ := pd.ParseEndpointTemplate(pd.DefaultEndpointTemplate)
 
 	var before goruntime.MemStats
@@ -87,6 +88,17 @@ func BenchmarkFullResync10kPVs(b *testing.B) {
 		}
 	}
 	firstPass := time.Since(first)
+	owned := 0
+	for _, name := range names {
+		if pv, err := client.CoreV1().PersistentVolumes().Get(ctx, name, metav1.GetOptions{}); err == nil && provisioner.Owned(pv) {
+			owned++
+		}
+	}
+	if owned != n {
+		b.Fatalf("%d of %d owners recorded: the benchmark would not measure the steady state", owned, n)
+	}
+	client.ClearActions()
+	fpd.resetCalls()
 
 	b.ResetTimer()
 	for range b.N {
@@ -104,5 +116,9 @@ func BenchmarkFullResync10kPVs(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*n), "µs/PV")
 	b.ReportMetric(initialSync.Seconds(), "s-cache-sync")
 	b.ReportMetric(firstPass.Seconds(), "s-first-pass")
+	// API load at steady state: every sync reads caches; what reaches the
+	// API server and PD per full pass (one pass per --pd-poll-interval).
+	b.ReportMetric(float64(len(client.Actions()))/float64(b.N), "api-requests/pass")
+	b.ReportMetric(float64(fpd.callCount())/float64(b.N), "pd-requests/pass")
 	goruntime.KeepAlive(c)
 }

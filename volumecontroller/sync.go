@@ -223,12 +223,18 @@ func refreshRecord(rec provisioner.Ownership, f OwnerFacts, now time.Time) provi
 			rec.ClusterID = f.ClusterID
 		}
 	}
-	rec.State, rec.Seen = f.Phase.String(), now
+	state := f.Phase.String()
 	if rec.Component == ComponentPD {
-		rec.State, rec.Peers = "Up", memberIDs(f.Peers)
+		state, rec.Peers = "Up", memberIDs(f.Peers)
 		if rec.MemberID == 0 {
 			rec.MemberID = f.Member.MemberID
 		}
+	}
+	// Seen is when the owner was first seen in its current state: written
+	// when the state changes, not on every poll (that would be a PV write
+	// per disk per poll).
+	if state != rec.State || rec.Seen.IsZero() {
+		rec.State, rec.Seen = state, now
 	}
 	return rec
 }
