@@ -236,7 +236,7 @@ func TestLocalDisks_TheOwnershipRecordSurvivesALabelRemovalAndAPVDeletion(t *tes
 
 	// The agent gives the owned disk its PV back, bound to the recorded
 	// claim: Released, not wiped, the owner still on the LocalDisk.
-	back := waitPV(ctx, t, te.env, "node-d", disk, corev1.VolumeReleased)
+	back := waitPV(ctx, t, te.env, pv.Labels[provisioner.LabelNode], disk, corev1.VolumeReleased)
 	require.True(t, provisioner.Owned(&back))
 	require.Equal(t, string(claim.UID), string(back.Spec.ClaimRef.UID))
 	te.waitEvent(ctx, t, back.UID, "ReleaseRefused")
