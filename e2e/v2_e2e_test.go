@@ -4,6 +4,8 @@ package e2e
 
 import (
 	"context"
+	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -190,4 +192,71 @@ func approveOnce(ctx context.Context, t *testing.T, te *tidbEnv, pv string) {
 	if n := eventCount(eventsAbout(ctx, t, te.env, "PersistentVolume", pv, "ReleaseApproved")); n != 1 {
 		t.Errorf("PV %s: the wipe was approved %d times, want once (volumecontroller approve does not check the fresh PV is already approved)", pv, n)
 	}
+}
+
+// TestV1AndV2SideBySide_EachFindsItsPDWithoutConfigurationAndRecycles runs
+// a TiDB Operator v1 cluster (StatefulSet) and a v2 cluster in one
+// Kubernetes cluster, each with its own PD, and a controller given no PD
+// endpoint at all: v1's PD is found by the default template
+// (http://demo-pd.default:2379), v2's through the Cluster object's
+// status.pd (http://basic-pd.db:2379, as v2 writes it). The controller
+// resolves those names as cluster DNS would (its own /etc/hosts). A
+// scale-in of each recycles its disk; neither cluster's stores are asked
+// of the other's PD.
+func TestV1AndV2SideBySide_EachFindsItsPDWithoutConfigurationAndRecycles(t *testing.T) {
+	te := startDisks(t, 2, "node-a", "node-b", "node-c", "node-d")
+	ctx := context.Background()
+	p1, err := te.env.StartPD(ctx, pdOptions)
+	require.NoError(t, err)
+	t.Cleanup(p1.Close)
+	te.pd = p1
+	v2opts := pdOptions
+	v2opts.ClusterID = 7000000000000000077
+	v := startV2(t, te, sim.V2Options{Namespace: v2NS, Cluster: v2Cluster, Replicas: 4, PD: v2opts,
+		StatusPD: "http://" + v2Cluster + "-pd." + v2NS + ":2379"})
+	require.NotEqual(t, p1.Sim.ClusterID(), v.Sim.ClusterID())
+
+	l1, l2 := listenPD(t), listenPD(t)
+	forwardPD(t, l1, p1.URL)
+	forwardPD(t, l2, v.URL)
+	hosts := map[string]string{
+		tidbInstance + "-pd." + tidbNS: hostOf(l1),
+		v2Cluster + "-pd." + v2NS:      hostOf(l2),
+	}
+	t.Logf("cluster DNS for the controller: %v", hosts)
+	ctrl := startControllerWithDNS(t, te.env, "controller-0", hosts, testTimings(time.Second)...)
+
+	sts := tidbStatefulSet("tikv", "tikv-ssd", 4)
+	te.deploy(ctx, t, sts)
+	owners := waitV2Owners(ctx, t, te, v, 4)
+	for i := range 4 {
+		pv := te.pvOfClaim(ctx, sts, i)
+		require.Equal(t, strconv.FormatUint(p1.Sim.ClusterID(), 10), pv.Annotations[provisioner.AnnPDClusterID], "v1 PV %s", pv.Name)
+	}
+	for _, o := range owners {
+		require.Equal(t, strconv.FormatUint(v.Sim.ClusterID(), 10), o.PV.Annotations[provisioner.AnnPDClusterID], "v2 PV %s", o.PV.Name)
+	}
+	require.Len(t, p1.Sim.Stores(), 4, "v1's PD holds v1's stores only")
+	require.Len(t, v.Sim.Stores(), 4, "v2's PD holds v2's stores only")
+
+	// v1: TiDB Operator buries the last store, then scales the StatefulSet in.
+	v1pv := te.waitOwnerRecorded(ctx, t, sts, 3)
+	te.offlineStore(ctx, t, storeIDOf(t, v1pv))
+	scaleStatefulSet(ctx, t, te.env, sts, 3, 4)
+	// v2: the group is scaled in; the operator does the rest.
+	require.NoError(t, v.Scale(ctx, 3))
+	off := waitOffline(ctx, t, v)
+	victim := owners[off.GetName()]
+
+	te.waitRecycled(ctx, t, v1pv)
+	te.waitRecycled(ctx, t, &victim.PV)
+	require.Equal(t, 1, eventCount(eventsAbout(ctx, t, te.env, "PersistentVolume", v1pv.Name, "DiskReleased")), "v1: the controller released the claim once")
+	approveOnce(ctx, t, te, victim.PV.Name)
+	require.Equal(t, 1, v.Sim.DeleteRequests(victim.Store))
+	requireNoFight(ctx, t, te.env, ctrl)
+}
+
+func hostOf(l net.Listener) string {
+	host, _, _ := net.SplitHostPort(l.Addr().String())
+	return host
 }
