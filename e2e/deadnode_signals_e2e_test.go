@@ -239,4 +239,3 @@ func TestUndrainable_OfflineStoreOnADeadNodeReportedWithPDsReasonNeverForced(t *
 	}
 	_ = ctrl
 }
-
