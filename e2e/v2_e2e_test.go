@@ -6,10 +6,12 @@ import (
 	"context"
 	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -259,4 +261,148 @@ func TestV1AndV2SideBySide_EachFindsItsPDWithoutConfigurationAndRecycles(t *test
 func hostOf(l net.Listener) string {
 	host, _, _ := net.SplitHostPort(l.Addr().String())
 	return host
+}
+
+// v2PD is where one v2 PD instance runs.
+type v2PD struct {
+	Instance string
+	Pod      string
+	Node     string
+	PV       corev1.PersistentVolume
+}
+
+// waitV2PDOwners waits until the PDGroup has n live instances, each pod
+// Running on a claim whose PV records the instance's member.
+func waitV2PDOwners(ctx context.Context, t testing.TB, te *tidbEnv, v *sim.V2, n int) map[string]v2PD {
+	t.Helper()
+	out := map[string]v2PD{}
+	c := te.env.Cluster.Client.CoreV1()
+	var last string
+	require.Eventually(t, func() bool {
+		insts, err := v.PDInstances(ctx)
+		if err != nil {
+			return false
+		}
+		clear(out)
+		for _, inst := range insts {
+			if inst.GetDeletionTimestamp() != nil {
+				continue
+			}
+			pod := sim.V2PodName(inst.GetName(), "pd")
+			p, err := c.Pods(v2NS).Get(ctx, pod, metav1.GetOptions{})
+			if err != nil || p.Status.Phase != corev1.PodRunning {
+				last = "pod " + pod + " not Running"
+				return false
+			}
+			pvc, err := c.PersistentVolumeClaims(v2NS).Get(ctx, sim.V2ClaimName("data", pod), metav1.GetOptions{})
+			if err != nil || pvc.Spec.VolumeName == "" {
+				last = "claim of " + pod + " not bound"
+				return false
+			}
+			pv, err := c.PersistentVolumes().Get(ctx, pvc.Spec.VolumeName, metav1.GetOptions{})
+			if err != nil || pv.Annotations[provisioner.AnnPDMember] != inst.GetName() || pv.Annotations[provisioner.AnnOwnerClaim] != string(pvc.UID) {
+				last = "member of " + pod + " not recorded"
+				return false
+			}
+			out[inst.GetName()] = v2PD{Instance: inst.GetName(), Pod: pod, Node: p.Spec.NodeName, PV: *pv}
+		}
+		if len(out) != n {
+			last = "not enough PD instances"
+			return false
+		}
+		return true
+	}, waitRecovery, 50*time.Millisecond, "v2 PD owners never all recorded (last: %s)", func() string { return last }())
+	return out
+}
+
+// TestV2PDDeadNode_MemberRemovedByHand_ControllerDeletesTheInstance is the
+// PD side of a v2 dead node: the controller never removes a PD member (a
+// quorum decision) and says so; once the operator has removed it
+// (pd-ctl member delete name <instance>), the member's data is no longer
+// needed and the controller deletes the PD instance, as v2's documentation
+// asks; v2 then removes pod and claim, and the group's new PD instance
+// runs on a fresh disk.
+func TestV2PDDeadNode_MemberRemovedByHand_ControllerDeletesTheInstance(t *testing.T) {
+	te := startDisksOf(t, "pd-ssd", 1, "node-a", "node-b", "node-c", "node-d")
+	ctx := context.Background()
+	v := startV2(t, te, sim.V2Options{Namespace: v2NS, Cluster: v2Cluster, Replicas: 0, PDReplicas: 3})
+	ctrl := startControllerWith(t, te.env, "controller-0", testTimings(time.Second)...)
+	owners := waitV2PDOwners(ctx, t, te, v, 3)
+	var victim v2PD
+	for _, o := range owners {
+		victim = o
+		break
+	}
+	t.Logf("node %s dies; it runs PD instance %s (pod %s)", victim.Node, victim.Instance, victim.Pod)
+	killNode(ctx, t, te, victim.Node)
+
+	// Reported, not acted on: the member is still listed.
+	var listed corev1.Event
+	require.Eventually(t, func() bool {
+		for _, ev := range eventsAbout(ctx, t, te.env, "PersistentVolume", victim.PV.Name, "ReleaseRefused") {
+			listed = ev
+			return true
+		}
+		return false
+	}, waitLong, tick, "the listed member of a dead node is never reported")
+	t.Logf("on the PV: %s", listed.Message)
+	require.Contains(t, listed.Message, "member delete")
+
+	// The operator removes the member by hand; the controller takes it from there.
+	require.NoError(t, v.Sim.RemoveMember(victim.Instance))
+	removed := time.Now()
+	te.waitEvent(ctx, t, victim.PV.UID, "InstanceDeleted")
+	t.Logf("member removed → PD instance deleted by tidb-localpv: %s", time.Since(removed).Round(time.Millisecond))
+	var repl v2PD
+	require.Eventually(t, func() bool {
+		ps := waitV2PDOwnersNow(ctx, te, v)
+		for name, p := range ps {
+			if _, old := owners[name]; !old && len(ps) == 3 {
+				repl = p
+				return true
+			}
+		}
+		return false
+	}, waitRecovery, 100*time.Millisecond, "no replacement PD instance ran")
+	t.Logf("member removed → replacement %s Running on %s: %s", repl.Pod, repl.Node, time.Since(removed).Round(time.Millisecond))
+	require.NotEqual(t, victim.Node, repl.Node)
+	_, err := v.PDInstanceGet(ctx, victim.Instance)
+	require.True(t, apierrors.IsNotFound(err), "the dead node's PD instance is gone")
+	require.Equal(t, 1, eventCount(eventsAbout(ctx, t, te.env, "PersistentVolume", victim.PV.Name, "InstanceDeleted")))
+	for _, ev := range controllerWarnings(ctx, t, te.env) {
+		if ev.Message != listed.Message && !strings.HasSuffix(ev.Message, listed.Message) {
+			t.Errorf("controller warning on %s %s: %s: %s", ev.InvolvedObject.Kind, ev.InvolvedObject.Name, ev.Reason, ev.Message)
+		}
+	}
+	_ = ctrl
+}
+
+// waitV2PDOwnersNow is one look: the live PD instances whose members are
+// recorded on their PVs.
+func waitV2PDOwnersNow(ctx context.Context, te *tidbEnv, v *sim.V2) map[string]v2PD {
+	out := map[string]v2PD{}
+	c := te.env.Cluster.Client.CoreV1()
+	insts, err := v.PDInstances(ctx)
+	if err != nil {
+		return out
+	}
+	for _, inst := range insts {
+		if inst.GetDeletionTimestamp() != nil {
+			continue
+		}
+		pod := sim.V2PodName(inst.GetName(), "pd")
+		p, err := c.Pods(v2NS).Get(ctx, pod, metav1.GetOptions{})
+		if err != nil || p.Status.Phase != corev1.PodRunning {
+			continue
+		}
+		pvc, err := c.PersistentVolumeClaims(v2NS).Get(ctx, sim.V2ClaimName("data", pod), metav1.GetOptions{})
+		if err != nil || pvc.Spec.VolumeName == "" {
+			continue
+		}
+		pv, err := c.PersistentVolumes().Get(ctx, pvc.Spec.VolumeName, metav1.GetOptions{})
+		if err == nil && pv.Annotations[provisioner.AnnPDMember] == inst.GetName() {
+			out[inst.GetName()] = v2PD{Instance: inst.GetName(), Pod: pod, Node: p.Spec.NodeName, PV: *pv}
+		}
+	}
+	return out
 }

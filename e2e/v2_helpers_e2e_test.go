@@ -49,14 +49,20 @@ func testTimings(poll time.Duration) []string {
 // startDisks brings up nodes with n tikv-ssd disks each and their agents.
 func startDisks(t testing.TB, perNode int, nodes ...string) *tidbEnv {
 	t.Helper()
+	return startDisksOf(t, "tikv-ssd", perNode, nodes...)
+}
+
+// startDisksOf brings up nodes with n disks of class each and their agents.
+func startDisksOf(t testing.TB, class string, perNode int, nodes ...string) *tidbEnv {
+	t.Helper()
 	env, ns := startEnv(t, nodes...)
 	te := &tidbEnv{env: env, nodes: ns, disks: map[string]map[string]string{}}
 	for _, name := range nodes {
 		te.disks[name] = map[string]string{}
 		for i := range perNode {
-			path, err := ns[name].MountDisk("tikv-ssd", fmt.Sprintf("disk%d", i), "32m")
+			path, err := ns[name].MountDisk(class, fmt.Sprintf("disk%d", i), "32m")
 			require.NoError(t, err)
-			te.disks[name][fmt.Sprintf("tikv-ssd/%d", i)] = path
+			te.disks[name][fmt.Sprintf("%s/%d", class, i)] = path
 		}
 		require.NoError(t, ns[name].StartAgent(context.Background()))
 	}

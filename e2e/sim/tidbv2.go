@@ -3,11 +3,9 @@ package sim
 import (
 	"context"
 	_ "embed"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net/http"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,14 +14,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/tidb-localpv/tidb-localpv/e2e/pdsim"
@@ -56,6 +52,7 @@ const (
 	labelV2Revision  = "pingcap.com/instance-revision-hash"
 	labelV2Volume    = "pingcap.com/volume-name"
 	labelClusterID   = "tidb.pingcap.com/cluster-id"
+	labelMemberID    = "tidb.pingcap.com/member-id"
 	// LabelStoreID is the legacy label v2 still puts on TiKV pods and
 	// claims once the store exists.
 	LabelStoreID = "tidb.pingcap.com/store-id"
@@ -69,6 +66,7 @@ const (
 var (
 	V2Clusters   = schema.GroupVersionResource{Group: V2Group, Version: "v1alpha1", Resource: "clusters"}
 	V2PDGroups   = schema.GroupVersionResource{Group: V2Group, Version: "v1alpha1", Resource: "pdgroups"}
+	V2PDs        = schema.GroupVersionResource{Group: V2Group, Version: "v1alpha1", Resource: "pds"}
 	V2TiKVGroups = schema.GroupVersionResource{Group: V2Group, Version: "v1alpha1", Resource: "tikvgroups"}
 	V2TiKVs      = schema.GroupVersionResource{Group: V2Group, Version: "v1alpha1", Resource: "tikvs"}
 )
@@ -84,10 +82,16 @@ type V2Options struct {
 	// Cluster is the Cluster object's name; TiKVGroup and PDGroup default
 	// to it (pods basic-tikv-xxxxxx, PD Service basic-pd).
 	Cluster, TiKVGroup, PDGroup string
-	Replicas                    int
-	// StorageClass of the TiKV data volume (default tikv-ssd).
-	StorageClass string
-	PD           pdsim.Options
+	// Replicas of the TiKVGroup.
+	Replicas int
+	// PDReplicas of the PDGroup: PD instances whose pods join the
+	// simulator as members named after the instances. 0 leaves PD to the
+	// simulator's own member (no PD pods).
+	PDReplicas int
+	// StorageClass of the TiKV data volume (default tikv-ssd); PD's is
+	// PDStorageClass (default pd-ssd).
+	StorageClass, PDStorageClass string
+	PD                           pdsim.Options
 	// PDListen is the simulator's listen address ("" picks a free
 	// loopback port).
 	PDListen string
@@ -117,6 +121,24 @@ type V2 struct {
 	deleted   map[string]int    // instance name → deletions the operator made
 	lastError string
 	retryAt   map[string]time.Time // instance → next DELETE after a refusal
+}
+
+// v2Component is what differs between v2's TiKV and PD instances here.
+type v2Component struct {
+	name, kind, groupKind string
+	instances, groups     schema.GroupVersionResource
+	group, class          string
+	image, mountPath      string
+}
+
+func (v *V2) tikv() v2Component {
+	return v2Component{name: "tikv", kind: "TiKV", groupKind: "TiKVGroup", instances: V2TiKVs, groups: V2TiKVGroups,
+		group: v.Opts.TiKVGroup, class: v.Opts.StorageClass, image: "pingcap/tikv:v8.5.0", mountPath: "/var/lib/tikv"}
+}
+
+func (v *V2) pd() v2Component {
+	return v2Component{name: "pd", kind: "PD", groupKind: "PDGroup", instances: V2PDs, groups: V2PDGroups,
+		group: v.Opts.PDGroup, class: v.Opts.PDStorageClass, image: "pingcap/pd:v8.5.0", mountPath: "/var/lib/pd"}
 }
 
 // InstallV2CRDs creates the v2 CRDs (idempotent) and waits until they are
@@ -189,11 +211,19 @@ func (e *Env) StartV2(ctx context.Context, opts V2Options) (_ *V2, err error) {
 	if opts.StorageClass == "" {
 		opts.StorageClass = "tikv-ssd"
 	}
+	if opts.PDStorageClass == "" {
+		opts.PDStorageClass = "pd-ssd"
+	}
 	if opts.Resync <= 0 {
 		opts.Resync = 100 * time.Millisecond
 	}
 	if opts.PD.Members == nil {
+		// Without PD pods, one member stands for PD; with them, the
+		// members are the PD pods that run, named after their instances.
 		opts.PD.Members = []string{opts.PDGroup + "-" + randomSuffix()}
+		if opts.PDReplicas > 0 {
+			opts.PD.Members = []string{}
+		}
 	}
 	if err := e.InstallV2CRDs(ctx); err != nil {
 		return nil, err
@@ -248,7 +278,7 @@ func (v *V2) createObjects(ctx context.Context) error {
 	if _, err := v.dyn.Resource(V2Clusters).Namespace(o.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("write status.pd of Cluster %s: %w", o.Cluster, err)
 	}
-	pdg := v2Object("PDGroup", o.Namespace, o.PDGroup, map[string]any{"cluster": clusterRef, "replicas": int64(1)})
+	pdg := v2Object("PDGroup", o.Namespace, o.PDGroup, map[string]any{"cluster": clusterRef, "replicas": int64(o.PDReplicas)})
 	if _, err := v.dyn.Resource(V2PDGroups).Namespace(o.Namespace).Create(ctx, pdg, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create PDGroup %s: %w", o.PDGroup, err)
 	}
@@ -284,10 +314,19 @@ func (v *V2) Scale(ctx context.Context, replicas int) error {
 	return err
 }
 
-// Instances lists the group's TiKV instance objects, by name.
+// Instances lists the TiKVGroup's instance objects, by name.
 func (v *V2) Instances(ctx context.Context) ([]unstructured.Unstructured, error) {
-	list, err := v.dyn.Resource(V2TiKVs).Namespace(v.Opts.Namespace).List(ctx, metav1.ListOptions{
-		LabelSelector: labels.Set{LabelV2Group: v.Opts.TiKVGroup, LabelV2Cluster: v.Opts.Cluster}.String(),
+	return v.instancesOf(ctx, v.tikv())
+}
+
+// PDInstances lists the PDGroup's instance objects, by name.
+func (v *V2) PDInstances(ctx context.Context) ([]unstructured.Unstructured, error) {
+	return v.instancesOf(ctx, v.pd())
+}
+
+func (v *V2) instancesOf(ctx context.Context, c v2Component) ([]unstructured.Unstructured, error) {
+	list, err := v.dyn.Resource(c.instances).Namespace(v.Opts.Namespace).List(ctx, metav1.ListOptions{
+		LabelSelector: labels.Set{LabelV2Group: c.group, LabelV2Cluster: v.Opts.Cluster}.String(),
 	})
 	if err != nil {
 		return nil, err
@@ -337,425 +376,4 @@ func randomSuffix() string {
 		b[i] = alphabet[rand.IntN(len(alphabet))]
 	}
 	return string(b)
-}
-
-func (v *V2) logf(format string, args ...any) {
-	fmt.Fprintf(v.progress, "tidb-operator-v2 %s/%s: %s\n", v.Opts.Namespace, v.Opts.Cluster, fmt.Sprintf(format, args...))
-}
-
-func (v *V2) run(ctx context.Context) {
-	defer close(v.done)
-	t := time.NewTicker(v.Opts.Resync)
-	defer t.Stop()
-	for {
-		if err := v.reconcile(ctx); err != nil && ctx.Err() == nil {
-			// Report each distinct failure once: reconciles retry anyway.
-			v.mu.Lock()
-			repeat := v.lastError == err.Error()
-			v.lastError = err.Error()
-			v.mu.Unlock()
-			if !repeat {
-				v.logf("reconcile: %v", err)
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// instanceState is what one reconcile reads about an instance.
-type instanceState struct {
-	obj      *unstructured.Unstructured
-	pod      *corev1.Pod
-	store    *pd.StoreInfo
-	deleting bool
-	offline  bool
-}
-
-func (v *V2) reconcile(ctx context.Context) error {
-	o := v.Opts
-	core := v.env.Cluster.Client.CoreV1()
-	nodes, err := core.Nodes().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return err
-	}
-	nodeThere := map[string]bool{}
-	for _, n := range nodes.Items {
-		nodeThere[n.Name] = true
-	}
-	sel := labels.Set{LabelV2ManagedBy: v2ManagedBy, LabelV2Cluster: o.Cluster, LabelV2Component: "tikv"}.String()
-	pods, err := core.Pods(o.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
-	if err != nil {
-		return err
-	}
-	v.playTiKV(pods.Items, nodeThere)
-
-	stores, err := v.pdc.Stores(ctx)
-	if err != nil && !errors.Is(err, pd.ErrNotBootstrapped) {
-		return err
-	}
-	byPod := map[string]*corev1.Pod{}
-	for i := range pods.Items {
-		byPod[pods.Items[i].Name] = &pods.Items[i]
-	}
-	insts, err := v.Instances(ctx)
-	if err != nil {
-		return err
-	}
-	var states []*instanceState
-	for i := range insts {
-		obj := &insts[i]
-		podName := V2PodName(obj.GetName(), "tikv")
-		offline, _, _ := unstructured.NestedBool(obj.Object, "spec", "offline")
-		st := &instanceState{obj: obj, pod: byPod[podName], deleting: obj.GetDeletionTimestamp() != nil, offline: offline}
-		addr := V2StoreAddress(podName, o.TiKVGroup, o.Namespace)
-		for j := range stores {
-			// The newest store at the address is the instance's (PD hands
-			// a restarted TiKV on a fresh disk a new ID).
-			if stores[j].Address == addr && (st.store == nil || stores[j].ID > st.store.ID) {
-				st.store = &stores[j]
-			}
-		}
-		states = append(states, st)
-	}
-	var errs []error
-	for _, st := range states {
-		errs = append(errs, v.reconcileInstance(ctx, st))
-	}
-	errs = append(errs, v.reconcileGroup(ctx, states))
-	return errors.Join(errs...)
-}
-
-// playTiKV is TiKV's side: a Running pod on a node that is there registers
-// its store and heartbeats; any other stops heartbeating.
-func (v *V2) playTiKV(pods []corev1.Pod, nodeThere map[string]bool) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	alive := map[string]bool{}
-	for _, pod := range pods {
-		if pod.Status.Phase != corev1.PodRunning || pod.DeletionTimestamp != nil || !nodeThere[pod.Spec.NodeName] {
-			continue
-		}
-		if id, ok := v.stores[pod.Name]; ok {
-			if s, ok := v.Sim.Store(id); ok && s.StateName == "Tombstone" {
-				// A buried store's TiKV exits and PD refuses its disk for
-				// good; v2 never reuses a pod name on another disk.
-				continue
-			}
-		}
-		alive[pod.Name] = true
-		id := v.Sim.RegisterStore(V2StoreAddress(pod.Name, v.Opts.TiKVGroup, v.Opts.Namespace))
-		v.stores[pod.Name] = id
-		_ = v.Sim.ResumeHeartbeats(id)
-	}
-	for name, id := range v.stores {
-		if !alive[name] {
-			_ = v.Sim.StopHeartbeats(id)
-		}
-	}
-}
-
-func (v *V2) reconcileInstance(ctx context.Context, st *instanceState) error {
-	name := st.obj.GetName()
-	if err := v.syncStatus(ctx, st); err != nil {
-		return err
-	}
-	if st.deleting && !st.offline {
-		// v2 first marks a deleted instance offline, then offlines its store.
-		v.logf("instance %s is being deleted: setting spec.offline", name)
-		return v.setOffline(ctx, st.obj, true)
-	}
-	if !st.offline {
-		if st.store != nil && st.store.NodeState == pd.NodeRemoving {
-			// Scale-in cancelled: ask PD to keep the store.
-			v.logf("instance %s is online again: cancelling the offline of store %d", name, st.store.ID)
-			return v.cancelOffline(ctx, st.store.ID)
-		}
-		return v.ensurePod(ctx, st)
-	}
-	switch {
-	case st.store == nil || st.store.NodeState == pd.NodeRemoved || st.store.State == pd.StoreTombstone:
-		if !st.deleting {
-			// Scale-in: the store is gone from PD, so the instance goes.
-			uid, rv := st.obj.GetUID(), st.obj.GetResourceVersion()
-			err := v.dyn.Resource(V2TiKVs).Namespace(v.Opts.Namespace).Delete(ctx, name, metav1.DeleteOptions{
-				Preconditions: &metav1.Preconditions{UID: &uid, ResourceVersion: &rv}})
-			if err == nil {
-				v.mu.Lock()
-				v.deleted[name]++
-				v.mu.Unlock()
-				v.logf("store of instance %s is Removed: deleted the instance", name)
-			}
-			return ignoreGoneOrConflict(err)
-		}
-		return v.finalize(ctx, st)
-	case st.store.NodeState == pd.NodeRemoving:
-		return nil // PD moves the data away
-	default:
-		v.mu.Lock()
-		wait := time.Now().Before(v.retryAt[name])
-		v.mu.Unlock()
-		if wait {
-			return nil
-		}
-		err := v.pdc.DeleteStore(ctx, st.store.ID)
-		var refused *pd.RefusedError
-		switch {
-		case errors.As(err, &refused):
-			v.mu.Lock()
-			v.retryAt[name] = time.Now().Add(time.Second)
-			v.mu.Unlock()
-			return fmt.Errorf("offline store %d of %s: %w", st.store.ID, name, err)
-		case err == nil || errors.Is(err, pd.ErrStoreNotFound) || errors.Is(err, pd.ErrStoreRemoved):
-			v.logf("instance %s is offline: deleted store %d in PD", name, st.store.ID)
-			return nil
-		}
-		return err
-	}
-}
-
-// finalize is v2's finalizer on a deleted instance whose store is gone:
-// delete the pod and the claims, wait until they are gone, then let the
-// instance go.
-func (v *V2) finalize(ctx context.Context, st *instanceState) error {
-	core := v.env.Cluster.Client.CoreV1()
-	ns := v.Opts.Namespace
-	sel := labels.Set{LabelV2ManagedBy: v2ManagedBy, LabelV2Instance: st.obj.GetName(), LabelV2Cluster: v.Opts.Cluster, LabelV2Component: "tikv"}.String()
-	pods, err := core.Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: sel})
-	if err != nil {
-		return err
-	}
-	pvcs, err := core.PersistentVolumeClaims(ns).List(ctx, metav1.ListOptions{LabelSelector: sel})
-	if err != nil {
-		return err
-	}
-	waiting := false
-	for _, p := range pods.Items {
-		waiting = true
-		if p.DeletionTimestamp == nil {
-			if err := ignoreGoneOrConflict(core.Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{})); err != nil {
-				return err
-			}
-			v.logf("instance %s: deleted pod %s", st.obj.GetName(), p.Name)
-		}
-	}
-	for _, c := range pvcs.Items {
-		waiting = true
-		if c.DeletionTimestamp == nil {
-			if err := ignoreGoneOrConflict(core.PersistentVolumeClaims(ns).Delete(ctx, c.Name, metav1.DeleteOptions{})); err != nil {
-				return err
-			}
-			v.logf("instance %s: deleted claim %s", st.obj.GetName(), c.Name)
-		}
-	}
-	if waiting {
-		return nil
-	}
-	var keep []string
-	for _, f := range st.obj.GetFinalizers() {
-		if f != V2Finalizer {
-			keep = append(keep, f)
-		}
-	}
-	if len(keep) == len(st.obj.GetFinalizers()) {
-		return nil
-	}
-	obj := st.obj.DeepCopy()
-	obj.SetFinalizers(keep)
-	if _, err := v.dyn.Resource(V2TiKVs).Namespace(ns).Update(ctx, obj, metav1.UpdateOptions{}); err != nil {
-		return ignoreGoneOrConflict(err)
-	}
-	v.logf("instance %s: pod and claims gone, finalizer removed", st.obj.GetName())
-	return nil
-}
-
-// syncStatus mirrors the store into the instance's status (id, PD node
-// state) and the legacy store-id label onto its pod and claim.
-func (v *V2) syncStatus(ctx context.Context, st *instanceState) error {
-	if st.store == nil {
-		return nil
-	}
-	id, state := strconv.FormatUint(st.store.ID, 10), st.store.NodeState.String()
-	if st.store.State == pd.StoreTombstone {
-		state = pd.NodeRemoved.String()
-	}
-	curID, _, _ := unstructured.NestedString(st.obj.Object, "status", "id")
-	curState, _, _ := unstructured.NestedString(st.obj.Object, "status", "state")
-	if curID != id || curState != state {
-		obj := st.obj.DeepCopy()
-		obj.Object["status"] = map[string]any{"id": id, "state": state}
-		updated, err := v.dyn.Resource(V2TiKVs).Namespace(v.Opts.Namespace).UpdateStatus(ctx, obj, metav1.UpdateOptions{})
-		if err != nil {
-			return ignoreGoneOrConflict(err)
-		}
-		st.obj = updated
-	}
-	if st.pod == nil || st.pod.DeletionTimestamp != nil || st.pod.Labels[LabelStoreID] == id || st.store.State != pd.StoreUp {
-		return nil
-	}
-	patch := []byte(fmt.Sprintf(`{"metadata":{"labels":{%q:%q}}}`, LabelStoreID, id))
-	core := v.env.Cluster.Client.CoreV1()
-	if _, err := core.Pods(v.Opts.Namespace).Patch(ctx, st.pod.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		return ignoreGoneOrConflict(err)
-	}
-	_, err := core.PersistentVolumeClaims(v.Opts.Namespace).Patch(ctx, V2ClaimName(v2DataVolume, st.pod.Name), types.MergePatchType, patch, metav1.PatchOptions{})
-	return ignoreGoneOrConflict(err)
-}
-
-func (v *V2) setOffline(ctx context.Context, obj *unstructured.Unstructured, offline bool) error {
-	// Setting offline also drops defer-delete, so the deletion can still
-	// be cancelled (as v2's scale-in does).
-	patch := fmt.Sprintf(`{"metadata":{"annotations":{"core.pingcap.com/defer-delete":null}},"spec":{"offline":%t}}`, offline)
-	_, err := v.dyn.Resource(V2TiKVs).Namespace(v.Opts.Namespace).Patch(ctx, obj.GetName(), types.MergePatchType, []byte(patch), metav1.PatchOptions{})
-	return ignoreGoneOrConflict(err)
-}
-
-func (v *V2) cancelOffline(ctx context.Context, id uint64) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("%s/pd/api/v1/store/%d/state?state=Up", v.URL, id), nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	_ = resp.Body.Close()
-	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNotFound {
-		return fmt.Errorf("cancel offline of store %d: PD answered %s", id, resp.Status)
-	}
-	return nil
-}
-
-// ensurePod creates the claim and the pod of an instance that has none,
-// as v2 does for every live instance (a pod deleted by anyone comes back
-// with the same claim).
-func (v *V2) ensurePod(ctx context.Context, st *instanceState) error {
-	if st.pod != nil || st.deleting {
-		return nil
-	}
-	o := v.Opts
-	inst := st.obj
-	podName := V2PodName(inst.GetName(), "tikv")
-	claim := V2ClaimName(v2DataVolume, podName)
-	owner := metav1.OwnerReference{APIVersion: V2APIVersion, Kind: "TiKV", Name: inst.GetName(), UID: inst.GetUID(),
-		Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}
-	lbl := map[string]string{
-		LabelV2ManagedBy: v2ManagedBy, LabelV2Component: "tikv", LabelV2Cluster: o.Cluster,
-		LabelV2Group: o.TiKVGroup, LabelV2Instance: inst.GetName(), labelV2Revision: v2Revision,
-		// The v1 set, which v2 keeps writing for compatibility.
-		"app.kubernetes.io/component": "tikv", "app.kubernetes.io/instance": o.Cluster,
-		"app.kubernetes.io/managed-by": v2ManagedBy, "app.kubernetes.io/name": "tidb-cluster",
-		labelClusterID: strconv.FormatUint(v.Sim.ClusterID(), 10),
-	}
-	core := v.env.Cluster.Client.CoreV1()
-	pvcLabels := map[string]string{labelV2Volume: v2DataVolume}
-	for k, val := range lbl {
-		pvcLabels[k] = val
-	}
-	pvc := &corev1.PersistentVolumeClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: claim, Namespace: o.Namespace, Labels: pvcLabels, OwnerReferences: []metav1.OwnerReference{owner}},
-		Spec: corev1.PersistentVolumeClaimSpec{
-			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-			StorageClassName: ptr.To(o.StorageClass),
-			Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("16Mi")}},
-		},
-	}
-	if _, err := core.PersistentVolumeClaims(o.Namespace).Create(ctx, pvc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create claim %s: %w", claim, err)
-	}
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: podName, Namespace: o.Namespace, Labels: lbl, OwnerReferences: []metav1.OwnerReference{owner}},
-		Spec: corev1.PodSpec{
-			Hostname:  podName,
-			Subdomain: o.TiKVGroup + "-tikv-peer",
-			Containers: []corev1.Container{{
-				Name: "tikv", Image: "pingcap/tikv:v8.5.0",
-				VolumeMounts: []corev1.VolumeMount{{Name: v2DataVolume, MountPath: "/var/lib/tikv"}},
-			}},
-			Volumes: []corev1.Volume{{Name: v2DataVolume, VolumeSource: corev1.VolumeSource{
-				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: claim}}}},
-		},
-	}
-	if _, err := core.Pods(o.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create pod %s: %w", podName, err)
-	}
-	v.logf("instance %s: created pod %s and claim %s", inst.GetName(), podName, claim)
-	return nil
-}
-
-// reconcileGroup keeps the group at its replicas: a new instance (new
-// name) when one is gone; on scale-in, one instance marked offline (it is
-// deleted once its store is Removed); on scale-out during a scale-in, the
-// offline mark taken back.
-func (v *V2) reconcileGroup(ctx context.Context, states []*instanceState) error {
-	o := v.Opts
-	g, err := v.dyn.Resource(V2TiKVGroups).Namespace(o.Namespace).Get(ctx, o.TiKVGroup, metav1.GetOptions{})
-	if err != nil {
-		return err
-	}
-	replicas, _, _ := unstructured.NestedInt64(g.Object, "spec", "replicas")
-	var active, offline []*instanceState
-	for _, st := range states {
-		switch {
-		case st.deleting:
-		case st.offline:
-			offline = append(offline, st)
-		default:
-			active = append(active, st)
-		}
-	}
-	switch {
-	case int64(len(active)) > replicas:
-		// Scale-in: the newest instance goes.
-		sort.Slice(active, func(i, j int) bool {
-			ti, tj := active[i].obj.GetCreationTimestamp(), active[j].obj.GetCreationTimestamp()
-			return ti.Before(&tj) || (ti.Equal(&tj) && active[i].obj.GetName() < active[j].obj.GetName())
-		})
-		victim := active[len(active)-1]
-		v.logf("scale-in to %d: setting spec.offline on instance %s", replicas, victim.obj.GetName())
-		return v.setOffline(ctx, victim.obj, true)
-	case int64(len(active)) < replicas && len(offline) > 0:
-		v.logf("scale-out to %d: taking back the offline of instance %s", replicas, offline[0].obj.GetName())
-		return v.setOffline(ctx, offline[0].obj, false)
-	case int64(len(states)) < replicas:
-		return v.createInstance(ctx, g)
-	}
-	return nil
-}
-
-func (v *V2) createInstance(ctx context.Context, group *unstructured.Unstructured) error {
-	o := v.Opts
-	name := o.TiKVGroup + "-" + randomSuffix()
-	inst := v2Object("TiKV", o.Namespace, name, map[string]any{
-		"cluster":   map[string]any{"name": o.Cluster},
-		"subdomain": o.TiKVGroup + "-tikv-peer",
-		"offline":   false,
-	})
-	inst.SetFinalizers([]string{V2Finalizer})
-	inst.SetLabels(map[string]string{
-		LabelV2ManagedBy: v2ManagedBy, LabelV2Component: "tikv", LabelV2Cluster: o.Cluster,
-		LabelV2Group: o.TiKVGroup, labelV2Revision: v2Revision,
-	})
-	inst.SetOwnerReferences([]metav1.OwnerReference{{APIVersion: V2APIVersion, Kind: "TiKVGroup", Name: group.GetName(),
-		UID: group.GetUID(), Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}})
-	if _, err := v.dyn.Resource(V2TiKVs).Namespace(o.Namespace).Create(ctx, inst, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create TiKV instance %s: %w", name, err)
-	}
-	v.logf("group %s: created instance %s", o.TiKVGroup, name)
-	return nil
-}
-
-func ignoreGoneOrConflict(err error) error {
-	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
-		return nil
-	}
-	return err
-}
-
-// InstanceGet reads one TiKV instance object.
-func (v *V2) InstanceGet(ctx context.Context, name string) (*unstructured.Unstructured, error) {
-	return v.dyn.Resource(V2TiKVs).Namespace(v.Opts.Namespace).Get(ctx, name, metav1.GetOptions{})
 }
