@@ -181,7 +181,7 @@ func (s *story) waitV2Owners(ctx context.Context, old []v2Owner) ([]v2Owner, err
 		}
 		// The new one first.
 		slices.SortFunc(out, func(a, b v2Owner) int {
-			return boolInt(isOld(old, b.instance)) - boolInt(isOld(old, a.instance))
+			return boolInt(isOld(old, a.instance)) - boolInt(isOld(old, b.instance))
 		})
 		return !isOld(old, out[0].instance), nil
 	})
