@@ -120,7 +120,7 @@ func TestMissedNodeDeletion_PendingPodRecoveredWhenTheControllerStarts(t *testin
 func TestUndrainable_ThreeStoresMaxReplicasThree_RefusalReportedNeverForced(t *testing.T) {
 	te := startTiDBEnv(t, []string{"tikv-ssd"}, "node-a", "node-b", "node-c", "node-d")
 	ctx := context.Background()
-	ctrl := te.startController(t, "controller-0", time.Second)
+	te.startController(t, "controller-0", time.Second)
 	sts := tidbStatefulSet("tikv", "tikv-ssd", 3)
 	te.deploy(ctx, t, sts)
 	pv := te.waitOwnerRecorded(ctx, t, sts, 1)
@@ -151,7 +151,6 @@ func TestUndrainable_ThreeStoresMaxReplicasThree_RefusalReportedNeverForced(t *t
 	for _, ev := range controllerWarnings(ctx, t, te.env) {
 		require.Contains(t, []string{"PDRefusedOffline", "ReleaseRefused"}, ev.Reason, "only the refusal is reported: %s", ev.Message)
 	}
-	_ = ctrl
 }
 
 // TestUndrainable_OfflineStoreOnADeadNodeReportedWithPDsReasonNeverForced:
@@ -170,7 +169,7 @@ func TestUndrainable_OfflineStoreOnADeadNodeReportedWithPDsReasonNeverForced(t *
 	require.NoError(t, err)
 	t.Cleanup(p.Close)
 	te.pd = p
-	ctrl := te.startController(t, "controller-0", time.Second)
+	te.startController(t, "controller-0", time.Second)
 	sts := tidbStatefulSet("tikv", "tikv-ssd", 4)
 	te.deploy(ctx, t, sts)
 	dead := map[uint64]*corev1.PersistentVolume{}
@@ -237,5 +236,4 @@ func TestUndrainable_OfflineStoreOnADeadNodeReportedWithPDsReasonNeverForced(t *
 	if n := eventCount(eventsAbout(ctx, t, te.env, "PersistentVolume", opv.Name, "ReleaseRefused")); n != 1 {
 		t.Errorf("the undrainable store was reported %d times on PV %s, want once while the reason stands (the reason quotes how long ago the node was deleted, so it changes every second)", n, opv.Name)
 	}
-	_ = ctrl
 }

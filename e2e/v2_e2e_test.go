@@ -326,7 +326,7 @@ func TestV2PDDeadNode_MemberRemovedByHand_ControllerDeletesTheInstance(t *testin
 	te := startDisksOf(t, "pd-ssd", 1, "node-a", "node-b", "node-c", "node-d")
 	ctx := context.Background()
 	v := startV2(t, te, sim.V2Options{Namespace: v2NS, Cluster: v2Cluster, Replicas: 0, PDReplicas: 3})
-	ctrl := startControllerWith(t, te.env, "controller-0", testTimings(time.Second)...)
+	startControllerWith(t, te.env, "controller-0", testTimings(time.Second)...)
 	owners := waitV2PDOwners(ctx, t, te, v, 3)
 	var victim v2PD
 	for _, o := range owners {
@@ -374,7 +374,6 @@ func TestV2PDDeadNode_MemberRemovedByHand_ControllerDeletesTheInstance(t *testin
 			t.Errorf("controller warning on %s %s: %s: %s", ev.InvolvedObject.Kind, ev.InvolvedObject.Name, ev.Reason, ev.Message)
 		}
 	}
-	_ = ctrl
 }
 
 // waitV2PDOwnersNow is one look: the live PD instances whose members are
