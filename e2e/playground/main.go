@@ -121,6 +121,7 @@ func run(o options) int {
 
 	fmt.Fprintln(out, "tearing down …")
 	s.closeTiDB()
+	s.closeV2()
 	adoptStrayMounts(out, env, work, s.mounted)
 	if !verify(out, work, env.Close, s.pdLeftover()...) {
 		code = 1

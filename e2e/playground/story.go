@@ -51,6 +51,7 @@ type story struct {
 	controller *cluster.Process
 	chron      *chronicle
 	dead       string // the node that died
+	v2         *sim.V2
 
 	// the disk that goes round the cycle
 	mounted  map[string]bool // tmpfs disks the harness made (and unmounts)
@@ -73,6 +74,7 @@ func (s *story) tell(ctx context.Context) error {
 		{"own — PD and the volume-controller join; every disk learns its TiKV store", s.own},
 		{"scale-in — a store is buried in PD; its disk is released, wiped, Available", s.scaleIn},
 		{"node death — a node with a TiKV pod is lost; the pod starts over elsewhere", s.nodeDeath},
+		{"operator v2 — no StatefulSet: a dead node's TiKV instance is deleted, its replacement runs on a fresh disk", s.operatorV2},
 	} {
 		s.banner(step.title)
 		if err := step.run(ctx); err != nil {

@@ -60,7 +60,9 @@ func (e *Env) StartPD(ctx context.Context, opts pdsim.Options) (*PD, error) {
 
 	f := informers.NewSharedInformerFactoryWithOptions(e.Cluster.Client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.LabelSelector = "app.kubernetes.io/component in (tikv,pd)"
+			// TiDB Operator v2's pods carry the v1 labels too; their
+			// cluster has its own PD (see StartV2).
+			o.LabelSelector = "app.kubernetes.io/component in (tikv,pd),!pingcap.com/managed-by"
 		}))
 	nf := informers.NewSharedInformerFactory(e.Cluster.Client, 0)
 	pods := f.Core().V1().Pods().Informer()
