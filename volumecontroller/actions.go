@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -51,6 +52,8 @@ var errNotYet = errors.New("not yet")
 // refusals metric), not just logged.
 type refusal struct {
 	kind, reason string
+	// event is the Warning's reason; ReleaseRefused when empty.
+	event string
 }
 
 func (r *refusal) Error() string { return r.reason }
@@ -83,7 +86,7 @@ func (c *Controller) act(ctx context.Context, d Decision, t target) error {
 	}
 	var ref *refusal
 	if errors.As(err, &ref) {
-		c.warn(t, Decision{Action: ActNone, Warn: true, Refusal: ref.kind, Reason: ref.reason})
+		c.warn(t, Decision{Action: ActNone, Warn: true, Refusal: ref.kind, Reason: ref.reason, Event: ref.event})
 		c.queue.AddAfter(t.pv.Name, c.cfg.PollInterval)
 		return nil
 	}
@@ -103,22 +106,47 @@ func (c *Controller) act(ctx context.Context, d Decision, t target) error {
 	return err
 }
 
-// warn records a refusal once per PV and reason: a standing refusal seen on
-// every poll is one event, not one per poll.
+// warn records a refusal once per PV and kind of refusal, and again every
+// repeatStanding while it stands (an Event expires after an hour): a
+// standing refusal seen on every poll is one event, not one per poll —
+// its text may carry durations that change on every poll.
 func (c *Controller) warn(t target, d Decision) {
+	now := c.clock.Now()
+	key := d.Refusal + "\x00" + stableReason(d)
 	c.mu.Lock()
-	dup := c.warnings[t.pv.Name] == d.Reason
-	c.warnings[t.pv.Name] = d.Reason
+	last, seen := c.warnings[t.pv.Name]
+	dup := seen && last.key == key && now.Sub(last.at) < repeatStanding
+	if !dup {
+		c.warnings[t.pv.Name] = warning{key: key, at: now}
+	}
 	c.mu.Unlock()
 	if dup {
 		return
 	}
 	c.metrics.refusals.WithLabelValues(d.Refusal).Inc()
-	c.recorder.Event(t.pv, corev1.EventTypeWarning, ReasonRefused, d.Reason)
-	if t.node.Gone || t.node.NotReady {
-		c.recorder.Event(nodeRef(t.pv.Labels[provisioner.LabelNode]), corev1.EventTypeWarning, ReasonRefused, fmt.Sprintf("PV %s: %s", t.pv.Name, d.Reason))
+	reason := orDefault(d.Event, ReasonRefused)
+	c.recorder.Event(t.pv, corev1.EventTypeWarning, reason, d.Reason)
+	if t.node.Gone || t.node.NotReady || t.node.OutOfService {
+		c.recorder.Event(nodeRef(t.pv.Labels[provisioner.LabelNode]), corev1.EventTypeWarning, reason, fmt.Sprintf("PV %s: %s", t.pv.Name, d.Reason))
 	}
 }
+
+// warning is the last refusal reported for a PV.
+type warning struct {
+	key string
+	at  time.Time
+}
+
+// repeatStanding is how often a standing refusal is reported again.
+const repeatStanding = 30 * time.Minute
+
+// stableReason is a refusal's text without the durations that grow on
+// every poll ("node deleted 3s ago").
+func stableReason(d Decision) string {
+	return durationRE.ReplaceAllString(d.Reason, "…")
+}
+
+var durationRE = regexp.MustCompile(`\b[0-9][0-9hms.µ]*s\b|\b[0-9]+h[0-9m]*\b`)
 
 func (c *Controller) forgetWarning(pv string) {
 	c.mu.Lock()
@@ -287,11 +315,11 @@ func (c *Controller) offline(ctx context.Context, d Decision, t target) error {
 	var refused *pd.RefusedError
 	switch {
 	case errors.As(err, &refused):
-		c.metrics.refusals.WithLabelValues("pd-refused").Inc()
-		msg := fmt.Sprintf("PD refused to offline store %d (%s): %s; retrying", id, d.Reason, refused.Message)
-		c.recorder.Event(t.pv, corev1.EventTypeWarning, ReasonPDRefused, msg)
-		c.recorder.Event(nodeRef(t.pv.Labels[provisioner.LabelNode]), corev1.EventTypeWarning, ReasonPDRefused, msg)
-		return fmt.Errorf("offline store %d: %w", id, err)
+		// A standing answer (too few stores for max-replicas), not a
+		// failure: asked again at the next poll, reported once while it
+		// stands, never forced.
+		return &refusal{kind: "pd-refused", event: ReasonPDRefused, reason: fmt.Sprintf(
+			"PD refused to offline store %d (%s): %s; asking again every poll, never forcing it — add TiKV stores or lower max-replicas for PD to accept", id, d.Reason, refused.Message)}
 	case errors.Is(err, pd.ErrStoreRemoved), errors.Is(err, pd.ErrStoreNotFound):
 		c.queue.Add(t.pv.Name) // already on its way out; the next sync sees it
 		return nil
@@ -505,6 +533,11 @@ func (c *Controller) approve(ctx context.Context, d Decision, t target) error {
 	pv, err := c.freshPV(ctx, t.pv)
 	if err != nil {
 		return err
+	}
+	if provisioner.ReleaseApproved(pv) {
+		// Approved a moment ago by this controller from a cache that had not
+		// caught up: not a second action.
+		return fmt.Errorf("%w: PV %s is already approved", errDone, pv.Name)
 	}
 	rec, err := c.freshRecord(ctx, pv, t)
 	if err != nil {

@@ -95,7 +95,8 @@ type Controller struct {
 
 	mu       sync.Mutex
 	goneAt   map[string]time.Time // node name → when it was first seen missing
-	warnings map[string]string    // PV → last warning, so a standing refusal is one event
+	deadAt   map[string]time.Time // node name → when it was first seen dead by the rules
+	warnings map[string]warning   // PV → last warning, so a standing refusal is one event
 	health   map[string]string    // PV → last disk health reported to its claim and pod
 
 	synced0 atomic.Bool
@@ -115,7 +116,8 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 		v2:       &v2Endpoints{client: deps.Dynamic, clock: deps.Clock, cache: map[string]v2Endpoint{}},
 		metrics:  newMetrics(deps.Registry),
 		goneAt:   map[string]time.Time{},
-		warnings: map[string]string{},
+		deadAt:   map[string]time.Time{},
+		warnings: map[string]warning{},
 		health:   map[string]string{},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.DefaultTypedControllerRateLimiter[string](),
@@ -375,8 +377,27 @@ func (c *Controller) nodeDeleted(obj any) {
 	c.mu.Unlock()
 }
 
-// nodeFacts says whether the node is there, and for how long it has not been.
+// nodeFacts says whether the node is there, for how long it has not
+// been, and for how long it has been dead by the rules.
 func (c *Controller) nodeFacts(name string) NodeFacts {
+	f := c.nodePresence(name)
+	now := c.clock.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if dead, _ := c.cfg.Policy.nodeDead(f); dead {
+		since, ok := c.deadAt[name]
+		if !ok {
+			since = now
+			c.deadAt[name] = now
+		}
+		f.DeadFor = now.Sub(since)
+	} else {
+		delete(c.deadAt, name)
+	}
+	return f
+}
+
+func (c *Controller) nodePresence(name string) NodeFacts {
 	now := c.clock.Now()
 	node, err := c.nodeLister.Get(name)
 	c.mu.Lock()

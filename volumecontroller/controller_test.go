@@ -483,23 +483,30 @@ func TestSync_DeadNodeOfflinesTheStoreThenReleasesClaimAndPod(t *testing.T) {
 	require.NoError(t, w.client.CoreV1().Nodes().Delete(w.ctx, "node-a", metav1.DeleteOptions{}))
 	require.Eventually(t, func() bool { _, err := w.c.nodeLister.Get("node-a"); return err != nil }, 5*time.Second, time.Millisecond)
 
-	// Store still Up: the node object lies; nothing happens.
+	// Store still Up: PD may not have noticed its silence yet; once that
+	// would have shown, the node object lies; nothing happens either way.
 	require.NoError(t, w.sync())
 	w.clock.Step(2 * time.Minute)
 	require.NoError(t, w.sync())
 	require.Empty(t, w.pd.deletes)
+	require.NotContains(t, w.events(), "Up in PD", "the node has just died by the rules: PD notices silence after 20 s")
+	w.clock.Step(StoreSilenceGrace)
+	require.NoError(t, w.sync())
 	require.Contains(t, w.events(), "Up in PD")
 
-	// Store stops heartbeating: offlined once; PD refusing is retried and reported.
+	// Store stops heartbeating: offlined once; PD refusing is asked again
+	// and reported once while it stands, never forced.
 	w.pd.set(7, "Disconnected")
 	w.pd.deleteErr = &pd.RefusedError{Status: 400, Message: "not enough stores"}
-	require.Error(t, w.sync())
-	require.Contains(t, w.events(), ReasonPDRefused)
+	require.NoError(t, w.sync())
+	require.NoError(t, w.sync())
+	ev := w.events()
+	require.Equal(t, 2, strings.Count(ev, ReasonPDRefused), "one report, on the PV and on the node: %s", ev)
 	w.pd.deleteErr = nil
 	require.NoError(t, w.sync())
-	require.Equal(t, []uint64{7, 7}, w.pd.deletes)
+	require.Equal(t, []uint64{7, 7, 7}, w.pd.deletes)
 	require.NoError(t, w.sync()) // Offline now: waits, does not ask again
-	require.Len(t, w.pd.deletes, 2)
+	require.Len(t, w.pd.deletes, 3)
 
 	w.pd.set(7, "Tombstone")
 	require.NoError(t, w.sync())

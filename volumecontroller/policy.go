@@ -70,6 +70,8 @@ type Decision struct {
 	// DiskFailed: "dead" in this decision is the disk, not its node; the
 	// action re-checks the disk's health instead of the node.
 	DiskFailed bool
+	// Event is the Warning's reason for a refusal; ReleaseRefused if empty.
+	Event string
 }
 
 // OwnerFacts is what PD says about the recorded owner of a disk.
@@ -108,7 +110,16 @@ type NodeFacts struct {
 	// (non-graceful node shutdown): an operator's or cloud's explicit word
 	// that it is gone, acted on without the deletion grace.
 	OutOfService bool
+	// DeadFor is how long the node has been dead by the rules (0 while it
+	// is not): PD notices a store's silence only 20 s after its last
+	// heartbeat, so an Up store on a node dead for less is not news.
+	DeadFor time.Duration
 }
+
+// StoreSilenceGrace is how long a store may still show Up on a node dead
+// by the rules before that means it heartbeats (PD marks a silent store
+// Disconnected 20 s after its last heartbeat; TiKV heartbeats every 10 s).
+const StoreSilenceGrace = 30 * time.Second
 
 // PodFacts is the pod that mounts the claim, if any.
 type PodFacts struct {
@@ -254,6 +265,9 @@ func (p Policy) decideBound(in Input, dead bool, why string) Decision {
 	}
 	switch in.Facts.Phase {
 	case pd.PhaseUp:
+		if dead && in.Node.DeadFor < StoreSilenceGrace && !in.Disk.Failed {
+			return Decision{Action: ActWait, Reason: fmt.Sprintf("%s; waiting for PD to notice that %s went silent", why, in.Owner)}
+		}
 		if dead {
 			return Decision{Action: ActNone, Warn: true, Refusal: "store-up",
 				Reason: fmt.Sprintf("%s, but %s is Up in PD: it still heartbeats, so the node object is wrong; doing nothing", why, in.Owner)}

@@ -19,7 +19,7 @@ func tikv(ph pd.Phase) Input {
 }
 
 func TestDecideBound_AppliesEveryRule(t *testing.T) {
-	deadNode := NodeFacts{Gone: true, GoneFor: 2 * time.Minute}
+	deadNode := NodeFacts{Gone: true, GoneFor: 2 * time.Minute, DeadFor: time.Minute}
 	freshlyGone := NodeFacts{Gone: true, GoneFor: 10 * time.Second}
 	stuck := PodFacts{Exists: true, OnStatefulSet: true, Ready: false, NotReadyFor: 5 * time.Minute}
 	with := func(in Input, f func(*Input)) Input { f(&in); return in }
@@ -32,6 +32,9 @@ func TestDecideBound_AppliesEveryRule(t *testing.T) {
 	}{
 		{"store Up on a live node: nothing", tikv(pd.PhaseUp), ActNone, false},
 		{"store Up on a deleted node: nothing, and say the node object lies", with(tikv(pd.PhaseUp), func(i *Input) { i.Node = deadNode }), ActNone, true},
+		{"store Up on a node dead by the rules for seconds: wait quietly for PD to notice", with(tikv(pd.PhaseUp), func(i *Input) {
+			i.Node = NodeFacts{OutOfService: true, DeadFor: 5 * time.Second}
+		}), ActWait, false},
 		{"store Down on a live node: PD and the operator handle it", tikv(pd.PhaseDown), ActNone, false},
 		{"store Disconnected on a node deleted past the grace: offline it", with(tikv(pd.PhaseDisconnected), func(i *Input) { i.Node = deadNode }), ActOffline, false},
 		{"store Down on a node deleted within the grace: nothing yet", with(tikv(pd.PhaseDown), func(i *Input) { i.Node = freshlyGone }), ActNone, false},
