@@ -318,7 +318,9 @@ func TestHealth_ExtFourErrorsCountedWhileWatchingFailTheDiskUntilItIsMountedAnew
 	h.pass()
 	require.Equal(t, provisioner.HealthFailed, h.pvHealth().State, "the same mount: still failed")
 
-	h.host.set(func(f *fakeHost) { f.mounts[h.disk] = discovery.MountState{ID: 200, Source: "/dev/loop3", FSType: "ext4", Major: 7, Minor: 3} })
+	h.host.set(func(f *fakeHost) {
+		f.mounts[h.disk] = discovery.MountState{ID: 200, Source: "/dev/loop3", FSType: "ext4", Major: 7, Minor: 3}
+	})
 	h.pass()
 	got = h.pvHealth()
 	require.Equal(t, provisioner.HealthWarning, got.State, "mounted anew without new errors: the record stays until e2fsck")
