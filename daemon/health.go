@@ -95,7 +95,8 @@ type healthSource struct {
 	usage       func(path string) (discovery.Usage, error)
 	rootAlive   func(path string) error
 	smart       func(ctx context.Context, device string) (discovery.SmartReport, error)
-	bootID      string
+	// mountInstance names the mount at a path, differently after a remount.
+	mountInstance func(path string, mountinfoID int) string
 }
 
 // diskHealth is what the monitor knows of one disk between passes.
@@ -168,11 +169,11 @@ func newHealthMonitor(cfg Config, exe func(ctx context.Context, name string, arg
 		blockDevice: func(major, minor int) (discovery.BlockDevice, error) {
 			return discovery.ReadBlockDevice(sysfs, major, minor)
 		},
-		devNumber: discovery.DeviceNumber,
-		ext4:      func(name string) (discovery.Ext4Errors, bool, error) { return discovery.ReadExt4Errors(sysfs, name) },
-		usage:     discovery.ReadUsage,
-		rootAlive: discovery.RootAlive,
-		bootID:    discovery.BootID(),
+		devNumber:     discovery.DeviceNumber,
+		ext4:          func(name string) (discovery.Ext4Errors, bool, error) { return discovery.ReadExt4Errors(sysfs, name) },
+		usage:         discovery.ReadUsage,
+		rootAlive:     discovery.RootAlive,
+		mountInstance: discovery.MountInstance,
 	}
 	// SMART only where smartctl is installed; the image does not ship it.
 	if path, err := exec.LookPath("smartctl"); err == nil && exe != nil {
@@ -340,7 +341,7 @@ func (a *Agent) readHealth(ctx context.Context, d found) probedHealth {
 			// Unmounted since the scan: the next pass finds it missing.
 			return out
 		}
-		out.mount = fmt.Sprintf("%s/%d", m.src.bootID, ms.ID)
+		out.mount = m.src.mountInstance(d.Path, ms.ID)
 		if ms.ReadOnly {
 			add(provisioner.HealthFailed, HealthReadOnly, "%s is read-only (%s): the kernel or an operator stopped writes to it, and nothing can write its data; if the kernel did (an error), check the device, repair the filesystem and mount it read-write again", d.Path, ms.Options)
 		}

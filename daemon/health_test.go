@@ -88,7 +88,7 @@ func (f *fakeHost) source() healthSource {
 			defer f.mu.Unlock()
 			return f.smart[dev], nil
 		},
-		bootID: "boot-1",
+		mountInstance: func(_ string, id int) string { return fmt.Sprintf("boot-1/%d", id) },
 	}
 }
 

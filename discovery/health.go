@@ -233,6 +233,19 @@ func RootAlive(path string) error {
 	return nil
 }
 
+// MountInstance names the mount at path so that a remount of the same
+// filesystem gets a different name: the kernel's unique mount ID (Linux
+// 6.8 and later; never reused), else the mountinfo ID (reused once freed)
+// with the boot ID. It stats the path, so callers bound it in time.
+func MountInstance(path string, mountinfoID int) string {
+	var stx unix.Statx_t
+	err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_DONT_SYNC, unix.STATX_MNT_ID_UNIQUE, &stx)
+	if err == nil && stx.Mask&unix.STATX_MNT_ID_UNIQUE != 0 {
+		return fmt.Sprintf("unique/%d", stx.Mnt_id)
+	}
+	return fmt.Sprintf("%s/%d", BootID(), mountinfoID)
+}
+
 // BootID identifies this boot of the kernel; mount IDs are unique within
 // one boot only.
 func BootID() string {
