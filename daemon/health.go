@@ -609,27 +609,31 @@ func worst(fs []finding) provisioner.Health {
 	return h
 }
 
-// kernelError takes one error the kernel logged: a disk whose device it
-// names gets a fault that stands until cleared, and a check runs at once.
+// kernelError takes one error the kernel logged: each disk of the last
+// pass whose device it names gets a fault that stands until cleared (two
+// partitions of one drive both do when the drive errs), and a check runs
+// at once.
 func (a *Agent) kernelError(ctx context.Context, e discovery.KernelError) {
 	m := a.health
 	now := a.deps.Clock.Now()
 	m.mu.Lock()
-	var hit *diskHealth
+	var hits []*diskHealth
 	for _, dh := range m.disks {
 		if slices.Contains(dh.names, e.Device) {
-			hit = dh
-			break
+			hits = append(hits, dh)
+			if e.Kind != discovery.KernelDeviceGone {
+				a.noteFault(dh, string(e.Kind), e.Text, now)
+			}
 		}
 	}
-	if hit == nil {
-		m.mu.Unlock()
+	m.mu.Unlock()
+	if len(hits) == 0 {
 		klog.FromContext(ctx).V(4).Info("kernel error about a device that is not a disk of ours", "device", e.Device, "line", e.Text)
 		return
 	}
-	a.noteFault(hit, string(e.Kind), e.Text, now)
-	m.mu.Unlock()
-	klog.FromContext(ctx).Info("kernel reported a disk error", "path", hit.path, "disk", hit.id, "device", e.Device, "kind", e.Kind, "line", e.Text)
+	for _, dh := range hits {
+		klog.FromContext(ctx).Info("kernel reported a disk error", "path", dh.path, "disk", dh.id, "device", e.Device, "kind", e.Kind, "line", e.Text)
+	}
 	m.poke()
 }
 
@@ -641,11 +645,23 @@ func (m *healthMonitor) poke() {
 }
 
 // setTargets remembers the disks of the last pass for the checks between
-// passes.
+// passes, and forgets the others: a device name is reused as soon as it is
+// free (a new loop device, a drive swapped in), and the kernel's errors
+// about it must not land on a disk that is gone. What matters of a
+// forgotten disk is in its record, read again if it comes back.
 func (m *healthMonitor) setTargets(disks []found) {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.targets = slices.Clone(disks)
-	m.mu.Unlock()
+	keep := map[string]bool{}
+	for _, d := range disks {
+		keep[healthKey(d)] = true
+	}
+	for k := range m.disks {
+		if !keep[k] {
+			delete(m.disks, k)
+		}
+	}
 }
 
 // runHealth checks the last pass's disks every interval and whenever the

@@ -183,7 +183,7 @@ func TestHealthRoot_ALoopDeviceWhoseBackingTmpfsFillsUpHasIOErrors(t *testing.T)
 
 // fillAndSync writes n bytes and syncs them; the write errors are the
 // point, so they are not checked.
-func fillAndSync(t *testing.T, path string, n int) {
+func fillAndSync(t testing.TB, path string, n int) {
 	t.Helper()
 	f, err := os.Create(path)
 	require.NoError(t, err)

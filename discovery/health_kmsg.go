@@ -25,6 +25,11 @@ const (
 	KernelFSError KernelErrorKind = "FilesystemErrors"
 	// KernelFSShutdown: a filesystem shut itself down (xfs).
 	KernelFSShutdown KernelErrorKind = "FilesystemShutdown"
+	// KernelDeviceGone: a device's capacity dropped to nothing (a disk
+	// pulled, a loop device cut off from its file). It is a state the
+	// next check reads, not a fault of its own: the line only makes the
+	// check come at once.
+	KernelDeviceGone KernelErrorKind = "DeviceGone"
 )
 
 // KernelError is one kernel log line about a device.
@@ -60,6 +65,7 @@ var kernelPatterns = []struct {
 	{regexp.MustCompile(`^XFS \(([^)\s]+)\): .*(?:[Ss]hutting down filesystem|[Ff]ilesystem has been shut down)`), KernelFSShutdown, 0},
 	{regexp.MustCompile(`^XFS \(([^)\s]+)\): .*(?:metadata|log) I/O error`), KernelIOError, 0},
 	{regexp.MustCompile(`^XFS \(([^)\s]+)\): (?:Corruption|Metadata corruption)`), KernelFSError, 0},
+	{regexp.MustCompile(`^(\S+): detected capacity change from \d+ to 0$`), KernelDeviceGone, 0},
 }
 
 // ParseKmsg reads one /dev/kmsg record ("pri,seq,usec,flags;text" and
