@@ -67,6 +67,7 @@ const (
 	HealthErrorsRecorded      = "FilesystemErrorsRecorded"
 	HealthSMARTPrefailure     = "SMARTPrefailure"
 	HealthSMARTWarning        = "NVMeWarning"
+	HealthRecordUnreadable    = "HealthRecordUnreadable"
 	holderHealth              = "a health check"
 	healthRecordUnreadableMsg = "its health record cannot be read"
 )
@@ -134,6 +135,8 @@ type healthMonitor struct {
 	// reported is what was last said of each object (PV or disk on the
 	// node): the condition and when, for events.
 	reported map[string]reportedHealth
+	// told are the objects reported on in the current pass.
+	told map[string]bool
 }
 
 type reportedHealth struct {
@@ -210,13 +213,21 @@ func (a *Agent) checkHealth(ctx context.Context, disks []found) map[string]provi
 		known bool
 	}
 	results := make([]result, len(disks))
+	// One read of the mount table for the pass: a wipe that remounted a
+	// disk since would not be seen in it, but its new mount is told apart
+	// by the unique mount ID read under the claim, and no mount option of
+	// the old one can make a disk look worse than it is.
+	mounts, err := m.src.mounts()
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "read mount table for the health check")
+	}
 	var wg sync.WaitGroup
 	for i, d := range disks {
 		if d.state == stateWiping || a.isBusy(d.ID) || a.pathBusy(d.Path) {
 			continue // a wipe owns the disk; mid-reformat it is briefly unmounted
 		}
 		wg.Go(func() {
-			r, known := a.probeHealth(ctx, d, wait.Done())
+			r, known := a.probeHealth(ctx, d, mounts, wait.Done())
 			results[i] = result{r, known}
 		})
 	}
@@ -279,10 +290,10 @@ type probedHealth struct {
 // probeHealth checks one disk under a claim on it, waiting until deadline.
 // known is false when nothing could be read this time (a wipe holds the
 // disk, or another probe that is not stuck yet).
-func (a *Agent) probeHealth(ctx context.Context, d found, deadline <-chan struct{}) (probedHealth, bool) {
+func (a *Agent) probeHealth(ctx context.Context, d found, mounts map[string]discovery.MountState, deadline <-chan struct{}) (probedHealth, bool) {
 	keys := diskKeys(d.Path, d.Device)
 	for {
-		run, blocker := startProbe(a.io, holderHealth, keys, func() probedHealth { return a.readHealth(ctx, d) })
+		run, blocker := startProbe(a.io, holderHealth, keys, func() probedHealth { return a.readHealth(ctx, d, mounts) })
 		if blocker == nil {
 			res, ok := run.await(deadline)
 			if !ok {
@@ -312,9 +323,9 @@ func unresponsive(path string, c *claim, bound time.Duration) finding {
 		c.holder, path, c.since.UTC().Format(time.RFC3339), bound)}
 }
 
-// readHealth is one check of a disk: the mount table, sysfs, and (bounded
-// by the caller) statfs and a stat of its root.
-func (a *Agent) readHealth(ctx context.Context, d found) probedHealth {
+// readHealth is one check of a disk: its line of the mount table, sysfs,
+// and (bounded by the caller) statfs and a stat of its root.
+func (a *Agent) readHealth(ctx context.Context, d found, mounts map[string]discovery.MountState) probedHealth {
 	m := a.health
 	var out probedHealth
 	add := func(state provisioner.HealthState, reason, format string, args ...any) {
@@ -332,10 +343,6 @@ func (a *Agent) readHealth(ctx context.Context, d found) probedHealth {
 		}
 		major, minor, hasDevice = maj, mnr, true
 	} else {
-		mounts, err := m.src.mounts()
-		if err != nil {
-			return out
-		}
 		ms, ok := mounts[d.Path]
 		if !ok {
 			// Unmounted since the scan: the next pass finds it missing.
@@ -508,7 +515,7 @@ func (a *Agent) evaluateLocked(ctx context.Context, dh *diskHealth, now time.Tim
 	}
 	h := worst(all)
 	if dh.readErr != nil {
-		h = provisioner.Health{State: provisioner.HealthFailed, Reason: HealthUnresponsive, Message: fmt.Sprintf("%s: %v", healthRecordUnreadableMsg, dh.readErr)}
+		h = provisioner.Health{State: provisioner.HealthFailed, Reason: HealthRecordUnreadable, Message: fmt.Sprintf("%s (%v): the disk is kept out of service until the file is repaired or removed", healthRecordUnreadableMsg, dh.readErr)}
 	}
 	if h.Same(dh.health) && !dh.health.Since.IsZero() {
 		h.Since = dh.health.Since

@@ -190,6 +190,9 @@ func (a *Agent) reportHealth(ctx context.Context, reports []diskReport, pvs, mis
 	}
 	counts := map[[2]string]float64{}
 	var errs []error
+	a.health.mu.Lock()
+	a.health.told = map[string]bool{}
+	a.health.mu.Unlock()
 	for _, r := range reports {
 		if r.health == nil {
 			continue
@@ -218,6 +221,15 @@ func (a *Agent) reportHealth(ctx context.Context, reports []diskReport, pvs, mis
 			errs = append(errs, err)
 		}
 	}
+	// Forget what was said of objects not seen this pass (a recycled
+	// disk's PV comes back with a new UID).
+	a.health.mu.Lock()
+	for k := range a.health.reported {
+		if !a.health.told[k] {
+			delete(a.health.reported, k)
+		}
+	}
+	a.health.mu.Unlock()
 	a.metrics.diskHealth.Reset()
 	for k, n := range counts {
 		a.metrics.diskHealth.WithLabelValues(k[0], k[1]).Set(n)
@@ -248,6 +260,9 @@ func (a *Agent) tellHealth(ctx context.Context, pv *corev1.PersistentVolume, d f
 	now := a.deps.Clock.Now()
 	m := a.health
 	m.mu.Lock()
+	if m.told != nil {
+		m.told[key] = true
+	}
 	last, told := m.reported[key]
 	if !told && had {
 		// After a restart the PV remembers what was said.
