@@ -64,6 +64,17 @@ type Config struct {
 	// MissingDiskRetention is how long the LocalDisk of a disk that is gone
 	// (and has no PV) is kept before it is removed.
 	MissingDiskRetention time.Duration
+	// HealthInterval is how often disk health is checked between the
+	// events that trigger a check; SmartInterval how often smartctl runs
+	// (where installed). Zero means the default.
+	HealthInterval time.Duration
+	SmartInterval  time.Duration
+	// CapacityWarningPercent and InodesWarningPercent are the usage that
+	// makes a disk's health Warning; zero means the default (90).
+	CapacityWarningPercent float64
+	InodesWarningPercent   float64
+	// SysFS is where sysfs is mounted ("" is /sys).
+	SysFS string
 }
 
 // Deps are the agent's seams to the API server and the operating system.
@@ -79,6 +90,9 @@ type Deps struct {
 	Clock clock.Clock
 	// Dynamic writes the node's LocalDisk objects; nil leaves them out.
 	Dynamic dynamic.Interface
+	// KernelLog opens the kernel log for disk errors; nil leaves health
+	// to the checks alone.
+	KernelLog func() (KernelLog, error)
 }
 
 // OSDeps returns Deps backed by the real host.
@@ -91,6 +105,9 @@ func OSDeps(client kubernetes.Interface, cfg Config, reg prometheus.Registerer) 
 		Exec:     ex,
 		Sizer:    discovery.OSSizer{},
 		Registry: reg,
+		KernelLog: func() (KernelLog, error) {
+			return discovery.OpenKmsg(discovery.DefaultKmsg)
+		},
 	}
 }
 
@@ -119,6 +136,7 @@ type Agent struct {
 	blocks   discovery.BlockIdentity
 	metrics  *metrics
 	io       *diskIO
+	health   *healthMonitor
 
 	mu        sync.Mutex
 	busy      map[string]string // disk ID being wiped → its path, once located
@@ -191,9 +209,12 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 			Mounts: deps.Mounts, Mounter: deps.Mounter, Exec: deps.Exec,
 			StateDir: cfg.StateDir, FSMode: cfg.FSWipe, BlockCommand: cfg.BlockWipeCommand,
 		},
-		blocks:      discovery.BlockIdentity{ByIDDir: cfg.ByIDDir, SysBlockDir: cfg.SysBlockDir},
-		metrics:     newMetrics(deps.Registry),
-		io:          newDiskIO(),
+		blocks:  discovery.BlockIdentity{ByIDDir: cfg.ByIDDir, SysBlockDir: cfg.SysBlockDir},
+		metrics: newMetrics(deps.Registry),
+		io:      newDiskIO(),
+		health: newHealthMonitor(cfg, func(ctx context.Context, name string, args ...string) ([]byte, error) {
+			return deps.Exec.CommandContext(ctx, name, args...).Output()
+		}),
 		busy:        map[string]string{},
 		orphanSince: map[string]time.Time{},
 		wipes:       map[string]*v1alpha1.Wipe{},
@@ -233,6 +254,16 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 			o.LabelSelector = labels.Set{provisioner.LabelNode: cfg.NodeName}.String()
 		})
 		inf := a.dynFactory.ForResource(v1alpha1.Resource).Informer()
+		// An operator's return-to-service annotation is acted on at once.
+		if _, err := inf.AddEventHandler(cache.FilteringResourceEventHandler{
+			FilterFunc: func(obj any) bool {
+				o, ok := obj.(metav1.Object)
+				return ok && o.GetAnnotations()[provisioner.AnnReturnToService] != ""
+			},
+			Handler: enqueue,
+		}); err != nil {
+			return nil, fmt.Errorf("watch LocalDisks: %w", err)
+		}
 		a.diskIdx = inf.GetIndexer()
 		a.synced = append(a.synced, inf.HasSynced)
 	}
@@ -295,6 +326,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 	go wait.UntilWithContext(ctx, func(context.Context) { a.enqueue() }, a.cfg.ResyncPeriod)
+	go a.runHealth(ctx)
 
 	pc := controller.NewProvisionController(a.deps.Client, provisioner.Name,
 		&provisioner.Provisioner{Node: a.cfg.NodeName, Client: a.deps.Client, Recycler: a},

@@ -32,6 +32,8 @@ import (
 type diskReport struct {
 	found
 	status diskStatus
+	// health is the disk's last health reading; nil when never read.
+	health *provisioner.Health
 }
 
 // diskObjectName is the name of a disk's LocalDisk: its PV's name, so the
@@ -86,6 +88,7 @@ func (a *Agent) syncLocalDisks(ctx context.Context, reports []diskReport, pvs []
 			}
 		}
 		st.LastWipe = a.lastWipe(r.ID)
+		st.Health = apiHealth(r.health)
 		if err := a.applyLocalDisk(ctx, name, spec, st, now); err != nil {
 			errs = append(errs, err)
 		}
@@ -179,6 +182,9 @@ func (a *Agent) applyLocalDisk(ctx context.Context, name string, spec v1alpha1.L
 		}
 	}
 	st.Since = cur.Status.Since
+	if st.Health != nil && cur.Status.Health != nil && st.Health.Since.Equal(&cur.Status.Health.Since) {
+		st.Health.Since = cur.Status.Health.Since // same instant; the API's copy is in local time
+	}
 	if st.Since == nil || cur.Status.Phase != st.Phase || cur.Status.Reason != st.Reason {
 		st.Since = &metav1.Time{Time: now.UTC().Truncate(time.Second)}
 	}

@@ -14,6 +14,7 @@ type metrics struct {
 	inventoryBad    prometheus.Gauge
 	inventoryErrors prometheus.Counter
 	statusWrites    prometheus.Counter
+	diskHealth      *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -34,7 +35,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"method"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tidb_localpv_errors_total",
-			Help: "Errors by operation (scan, publish, wipe, prepare, identify, identify-timeout, delete).",
+			Help: "Errors by operation (scan, publish, wipe, prepare, identify, identify-timeout, health-timeout, delete).",
 		}, []string{"op"}),
 		inventoryBad: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tidb_localpv_inventory_invalid_entries",
@@ -48,7 +49,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "tidb_localpv_localdisk_status_writes_total",
 			Help: "LocalDisk status updates written by this agent (only on change: an idle node writes none).",
 		}),
+		diskHealth: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tidb_localpv_disk_health",
+			Help: "Disks on this node by storage class and health state (Healthy, Warning, Failed); a bound PV whose disk is missing counts as Failed.",
+		}, []string{"class", "state"}),
 	}
-	reg.MustRegister(m.disks, m.reconcileTime, m.wipeTime, m.errors, m.inventoryBad, m.inventoryErrors, m.statusWrites)
+	reg.MustRegister(m.diskHealth, m.disks, m.reconcileTime, m.wipeTime, m.errors, m.inventoryBad, m.inventoryErrors, m.statusWrites)
 	return m
 }

@@ -76,6 +76,8 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		idle = append(idle, d)
 	}
 	disks := a.identify(ctx, idle)
+	a.checkHealth(ctx, disks)
+	a.health.setTargets(disks)
 
 	pvs, err := a.ownPVs()
 	if err != nil {
@@ -96,6 +98,9 @@ func (a *Agent) reconcile(ctx context.Context) error {
 
 	var errs []error
 	requeue := false
+	if err := a.returnToService(ctx, disks); err != nil {
+		errs = append(errs, err)
+	}
 
 	// Keep the controller's ownership records where no pod can reach them,
 	// and put one back on a PV that lost it.
@@ -110,11 +115,13 @@ func (a *Agent) reconcile(ctx context.Context) error {
 
 	// PVs first: a disk replaced at the same path can be published only
 	// once its predecessor's unbound PV is gone.
+	var missing []*corev1.PersistentVolume
 	for _, pv := range pvs {
 		id := pv.Labels[provisioner.LabelDisk]
 		if present[id] || a.isBusy(id) || unsure[pv.Spec.Local.Path] {
 			continue
 		}
+		missing = append(missing, pv)
 		counts[[2]string{pv.Spec.StorageClassName, stateMissing}]++
 		if err := a.handleMissing(ctx, pv); err != nil {
 			errs = append(errs, err)
@@ -133,7 +140,14 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		if st.state == stateOrphan {
 			orphans[d.ID] = true
 		}
-		reports = append(reports, diskReport{found: d, status: st})
+		r := diskReport{found: d, status: st}
+		if h, ok := a.health.healthOf(d); ok {
+			r.health = &h
+		}
+		reports = append(reports, r)
+	}
+	if err := a.reportHealth(ctx, reports, pvs, missing); err != nil {
+		errs = append(errs, err)
 	}
 	if err := a.syncLocalDisks(ctx, reports, pvs, busy); err != nil {
 		errs = append(errs, err)
@@ -204,6 +218,10 @@ func (a *Agent) syncDisk(ctx context.Context, d found, byID, byPath map[string]*
 		return status(stateUnpublished, v1alpha1.PhaseFailed, "Unidentifiable", "%s", d.Problem), false, nil
 	case a.isBusy(d.ID):
 		return status(stateWiping, v1alpha1.PhaseWiping, "Wiping", "being wiped"), false, nil
+	}
+	// A disk that reads Failed, or failed once, stays out of the pool.
+	if st, handled, err := a.syncUnhealthy(ctx, d, byID); handled {
+		return st, false, err
 	}
 	if pv, ok := byID[d.ID]; ok {
 		return a.adopt(ctx, d, pv), false, nil

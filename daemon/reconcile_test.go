@@ -245,8 +245,10 @@ func TestReconcile_FlagsTheBoundPVOfAVanishedDiskAndNeverDeletesIt(t *testing.T)
 	h.mustReconcile()
 
 	writes := h.writes()
-	require.Len(t, writes, 1)
-	require.Equal(t, "patch", writes[0].GetVerb())
+	require.Len(t, writes, 2, "the disk-missing flag and the health annotations")
+	for _, w := range writes {
+		require.Equal(t, "patch", w.GetVerb())
+	}
 	got := h.apiPV(pv.Name)
 	since, err := time.Parse(time.RFC3339, got.Annotations[provisioner.AnnDiskMissing])
 	require.NoError(t, err, "the annotation records when the disk was first missed")

@@ -48,6 +48,9 @@ func (a *Agent) Recycle(ctx context.Context, pv *corev1.PersistentVolume) error 
 			fmt.Sprintf("disk %s is not at %s on node %s; the PV goes without a wipe, and the disk is wiped before reuse if it comes back", id, pv.Spec.Local.Path, a.cfg.NodeName))
 		return nil
 	}
+	if err := a.refuseOutOfService(pv, d); err != nil {
+		return err
+	}
 	if err := a.checkOwnerApproval(pv); err != nil {
 		a.events.event(pv, corev1.EventTypeWarning, ReasonWipeRefused, err.Error())
 		return err

@@ -18,38 +18,42 @@ import (
 
 // Reasons of the health events, as Kubernetes' CSI volume health names them.
 const (
-	ReasonVolumeAbnormal = "VolumeConditionAbnormal"
-	ReasonVolumeNormal   = "VolumeConditionNormal"
+	ReasonVolumeAbnormal = provisioner.ReasonVolumeConditionAbnormal
+	ReasonVolumeNormal   = provisioner.ReasonVolumeConditionNormal
 )
 
-// pvHealth reads the agent's health record on a PV.
-func pvHealth(pv *corev1.PersistentVolume, now time.Time) (state, reason, message string, facts DiskFacts) {
-	a := pv.Annotations
-	state, reason, message = a[provisioner.AnnHealth], a[provisioner.AnnHealthReason], a[provisioner.AnnHealthMessage]
-	if state == provisioner.HealthFailed {
-		facts = DiskFacts{Failed: true, Reason: orDefault(reason, "Failed")}
-		if since, err := time.Parse(time.RFC3339, a[provisioner.AnnHealthSince]); err == nil {
-			facts.FailedFor = now.Sub(since)
+// pvHealth reads the agent's health record on a PV; an unreadable record
+// counts as no record (the agent is the one to report it).
+func pvHealth(pv *corev1.PersistentVolume, now time.Time) (provisioner.Health, DiskFacts) {
+	h, ok, err := provisioner.HealthOf(pv)
+	if !ok || err != nil {
+		return provisioner.Health{State: provisioner.HealthHealthy}, DiskFacts{}
+	}
+	var facts DiskFacts
+	if h.State == provisioner.HealthFailed {
+		facts = DiskFacts{Failed: true, Reason: orDefault(h.Reason, "Failed")}
+		if !h.Since.IsZero() {
+			facts.FailedFor = now.Sub(h.Since)
 		}
 	}
-	return state, reason, message, facts
+	return h, facts
 }
 
 // reportHealth passes a disk's health on to the claim and the pod using
 // it, once per change of state and reason (the agent reports the PV
 // itself); a disk that recovers gets a Normal event.
 func (c *Controller) reportHealth(pv *corev1.PersistentVolume, pvc *corev1.PersistentVolumeClaim, pod *corev1.Pod) {
-	state, reason, message, _ := pvHealth(pv, c.clock.Now())
-	key := state + "/" + reason
+	h, _ := pvHealth(pv, c.clock.Now())
+	key := string(h.State) + "/" + h.Reason
 	c.mu.Lock()
 	last, seen := c.health[pv.Name]
 	c.health[pv.Name] = key
 	c.mu.Unlock()
-	if seen && last == key || (!seen && (state == "" || state == provisioner.HealthHealthy)) {
+	if seen && last == key || (!seen && !h.Abnormal()) {
 		return
 	}
-	typ, ev, msg := corev1.EventTypeWarning, ReasonVolumeAbnormal, fmt.Sprintf("disk of PV %s is %s (%s): %s", pv.Name, state, reason, message)
-	if state == "" || state == provisioner.HealthHealthy {
+	typ, ev, msg := corev1.EventTypeWarning, ReasonVolumeAbnormal, fmt.Sprintf("disk of PV %s is %s (%s): %s", pv.Name, h.State, h.Reason, h.Message)
+	if !h.Abnormal() {
 		typ, ev, msg = corev1.EventTypeNormal, ReasonVolumeNormal, fmt.Sprintf("disk of PV %s is healthy again", pv.Name)
 	}
 	c.recorder.Event(pvc, typ, ev, msg)
@@ -63,7 +67,7 @@ func (c *Controller) reportHealth(pv *corev1.PersistentVolume, pvc *corev1.Persi
 // the freshly read PV.
 func (c *Controller) recheckDead(ctx context.Context, d Decision, pv *corev1.PersistentVolume) error {
 	if d.DiskFailed {
-		_, _, _, facts := pvHealth(pv, c.clock.Now())
+		_, facts := pvHealth(pv, c.clock.Now())
 		if dead, _ := c.cfg.Policy.diskDead(facts); !dead {
 			return fmt.Errorf("%w: the disk of PV %s is no longer failed", errRecheck, pv.Name)
 		}

@@ -16,10 +16,10 @@ import (
 
 // Issue 11: the controller's side of disk health.
 
-func (w *world) setHealth(state, reason string, since time.Time) {
+func (w *world) setHealth(state provisioner.HealthState, reason string, since time.Time) {
 	w.t.Helper()
 	pv := w.pv()
-	pv.Annotations[provisioner.AnnHealth] = state
+	pv.Annotations[provisioner.AnnHealth] = string(state)
 	pv.Annotations[provisioner.AnnHealthReason] = reason
 	pv.Annotations[provisioner.AnnHealthSince] = since.UTC().Format(time.RFC3339)
 	pv.Annotations[provisioner.AnnHealthMessage] = "the kernel remounted the filesystem read-only"
@@ -82,7 +82,7 @@ func TestSync_ADiskHealthyAgainAtTheFreshReadIsNotActedOn(t *testing.T) {
 	w.waitCaches()
 	// The operator fixed the disk between the decision and the action.
 	healthy := w.pv()
-	healthy.Annotations[provisioner.AnnHealth] = provisioner.HealthHealthy
+	healthy.Annotations[provisioner.AnnHealth] = string(provisioner.HealthHealthy)
 	w.client.PrependReactor("get", "persistentvolumes", func(k8stesting.Action) (bool, runtime.Object, error) {
 		return true, healthy.DeepCopy(), nil
 	})

@@ -117,7 +117,7 @@ func (c *Controller) syncBound(ctx context.Context, pv *corev1.PersistentVolume,
 		return err
 	}
 	c.reportHealth(pv, pvc, pod)
-	_, _, _, disk := pvHealth(pv, c.clock.Now())
+	_, disk := pvHealth(pv, c.clock.Now())
 	if facts.Known && facts.Phase == pd.PhaseOffline && rec.Component == ComponentTiKV {
 		facts.Undrainable = c.undrainable(ctx, t.endpoint, rec.StoreID)
 	}
