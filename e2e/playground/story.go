@@ -232,7 +232,15 @@ func (s *story) release(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	s.say("PV %s is Released (reclaimPolicy Delete): the agent of %s takes over", s.victim.Name, s.victim.Labels[provisioner.LabelNode])
+	s.say("PV %s is Released, and nothing is wiped: the classes ship with reclaimPolicy Retain, and no", s.victim.Name)
+	s.say("volume-controller has confirmed in PD whose data this is. A claim deleted on its own never wipes a disk.")
+	s.say("Here you know the data is not needed, so you say so:")
+	s.say("  kubectl patch pv %s -p '{\"spec\":{\"persistentVolumeReclaimPolicy\":\"Delete\"}}'", s.victim.Name)
+	patchPV := []byte(`{"spec":{"persistentVolumeReclaimPolicy":"Delete"}}`)
+	if _, err := s.env.Cluster.Client.CoreV1().PersistentVolumes().Patch(ctx, s.victim.Name, types.MergePatchType, patchPV, metav1.PatchOptions{}); err != nil {
+		return err
+	}
+	s.say("PV %s is Released with reclaimPolicy Delete: the agent of %s takes over", s.victim.Name, s.victim.Labels[provisioner.LabelNode])
 	s.say("(it works in milliseconds: by the time this table is printed the disk may be back already;")
 	s.say(" the next steps show how it got there)")
 	return s.table(ctx)

@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 
@@ -36,7 +37,21 @@ type PD struct {
 
 	mu     sync.Mutex
 	stores map[string]uint64 // namespace/pod → store ID
-	stop   chan struct{}
+	// crashed are pods whose TiKV process died (e.g. on a failed disk):
+	// they stay Running in Kubernetes, their store stops heartbeating.
+	crashed map[types.UID]bool
+	stop    chan struct{}
+	resync  func()
+}
+
+// Crash makes the TiKV process of a pod die, as TiKV does on a disk that
+// turned read-only: the pod stays, its store stops heartbeating. A new
+// pod of the same name (a new UID) runs normally.
+func (p *PD) Crash(pod *corev1.Pod) {
+	p.mu.Lock()
+	p.crashed[pod.UID] = true
+	p.mu.Unlock()
+	p.resync()
 }
 
 // Close stops the registrar and the simulator.
@@ -51,7 +66,7 @@ func (e *Env) StartPD(ctx context.Context, opts pdsim.Options) (*PD, error) {
 	if opts.Members == nil {
 		opts.Members = []string{} // members are the PD pods that run
 	}
-	p := &PD{Sim: pdsim.New(opts), stores: map[string]uint64{}, stop: make(chan struct{})}
+	p := &PD{Sim: pdsim.New(opts), stores: map[string]uint64{}, crashed: map[types.UID]bool{}, stop: make(chan struct{})}
 	url, err := p.Sim.Start(e.pdListenAddress())
 	if err != nil {
 		return nil, err
@@ -68,6 +83,7 @@ func (e *Env) StartPD(ctx context.Context, opts pdsim.Options) (*PD, error) {
 	pods := f.Core().V1().Pods().Informer()
 	nodes := nf.Core().V1().Nodes().Informer()
 	sync := func() { p.sync(pods.GetStore(), nodes.GetStore()) }
+	p.resync = sync
 	h := cache.ResourceEventHandlerFuncs{AddFunc: func(any) { sync() }, UpdateFunc: func(any, any) { sync() }, DeleteFunc: func(any) { sync() }}
 	for _, inf := range []cache.SharedIndexInformer{pods, nodes} {
 		if _, err := inf.AddEventHandler(h); err != nil {
@@ -103,7 +119,7 @@ func (p *PD) sync(pods, nodes cache.Store) {
 	for _, o := range pods.List() {
 		pod := o.(*corev1.Pod)
 		_, nodeThere, _ := nodes.GetByKey(pod.Spec.NodeName)
-		running := pod.Status.Phase == corev1.PodRunning && pod.DeletionTimestamp == nil && nodeThere
+		running := pod.Status.Phase == corev1.PodRunning && pod.DeletionTimestamp == nil && nodeThere && !p.crashed[pod.UID]
 		if !running {
 			continue
 		}

@@ -126,6 +126,17 @@ func (v *V2) ensurePod(ctx context.Context, c v2Component, st *instanceState) er
 		Spec: corev1.PodSpec{
 			Hostname:  podName,
 			Subdomain: c.group + "-" + c.name + "-peer",
+			// TiDB deployments spread a group's stores over nodes (v2's
+			// topologySpreadConstraints): losing a node loses one store.
+			Affinity: &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
+				PreferredDuringSchedulingIgnoredDuringExecution: []corev1.WeightedPodAffinityTerm{{
+					Weight: 100,
+					PodAffinityTerm: corev1.PodAffinityTerm{
+						TopologyKey:   corev1.LabelHostname,
+						LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{LabelV2Group: lbl[LabelV2Group], LabelV2Component: lbl[LabelV2Component]}},
+					},
+				}},
+			}},
 			Containers: []corev1.Container{{
 				Name: c.name, Image: c.image,
 				VolumeMounts: []corev1.VolumeMount{{Name: v2DataVolume, MountPath: c.mountPath}},
