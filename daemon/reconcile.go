@@ -156,9 +156,11 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	if requeue {
 		a.queue.AddAfter(reconcileKey, 500*time.Millisecond)
 	}
-	if len(errs) == 0 {
-		a.ready.Store(true)
-	}
+	// Ready means the caches synced (workers start only then) and one pass
+	// went over every disk. A disk that failed is retried, and shown on its
+	// LocalDisk and in events; holding the whole agent unready for it would
+	// stall a DaemonSet rollout on one bad disk and hide nothing better.
+	a.ready.Store(true)
 	return errors.Join(errs...)
 }
 
