@@ -20,7 +20,7 @@ E2E_TIMEOUT ?= 60m
 IMAGE     ?= tidb-localpv.local/tidb-localpv:$(VERSION)
 export TIDB_LOCALPV_CACHE := $(CACHE)
 
-.PHONY: all build image test unit fuzz e2e e2e-prepare bench demo demo-real demo-smoke lint clean help generate
+.PHONY: all build image test unit manifests-test fuzz e2e e2e-prepare bench demo demo-real demo-smoke lint clean help generate
 
 all: build
 
@@ -34,12 +34,16 @@ build: ## build bin/tidb-localpv (and bin/kubectl-tidb_localpv, the kubectl plug
 image: ## build the image without Docker: $(BIN)/tidb-localpv-image.tar (docker load / ctr import / crane push), named $(IMAGE)
 	$(GO) run ./e2e/image/cmd/build-image -out $(BIN)/tidb-localpv-image.tar -version $(VERSION) -tag $(IMAGE) -cache-dir $(CACHE)
 
-test: lint unit fuzz e2e demo-smoke ## the full suite (run as root to include the real-disk tests; CI=1 makes skipped root tests fail)
+test: lint unit manifests-test fuzz e2e demo-smoke ## the full suite (run as root to include the real-disk tests; CI=1 makes skipped root tests fail)
 	@echo "make test: all passed"
 
 unit: ## unit and root-only tests, with the race detector
 	@echo "== unit and root tests"
 	$(GO) test -race -count=1 ./...
+
+manifests-test: ## the install's tests, a module of their own (manifests/go.mod): overlays render with every reference intact, alert rules load in Prometheus's parser
+	@echo "== manifests: kustomize overlays, alert rules, dashboard"
+	cd manifests && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 fuzz: ## bounded fuzzing of the parsers ($(FUZZTIME) each)
 	@echo "== fuzz: inventory parser"

@@ -283,7 +283,8 @@ func (a *Agent) enqueueIfChanged(old, cur any) {
 
 func (a *Agent) enqueue() { a.queue.Add(reconcileKey) }
 
-// Ready reports whether the first full reconcile has finished.
+// Ready reports whether the caches synced and one pass went over every disk
+// of the node, whether or not each disk could be published.
 func (a *Agent) Ready() bool { return a.ready.Load() }
 
 // Run runs the agent until ctx ends.

@@ -2,6 +2,9 @@ package daemon
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/tidb-localpv/tidb-localpv/provisioner/apis/v1alpha1"
 )
 
 // metrics are the agent's Prometheus series, registered on the registry the
@@ -15,6 +18,8 @@ type metrics struct {
 	inventoryErrors prometheus.Counter
 	statusWrites    prometheus.Counter
 	diskHealth      *prometheus.GaugeVec
+	capacity        *prometheus.GaugeVec
+	phases          *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -53,7 +58,68 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "tidb_localpv_disk_health",
 			Help: "Disks on this node by storage class and health state (Healthy, Warning, Failed); a bound PV whose disk is missing counts as Failed.",
 		}, []string{"class", "state"}),
+		capacity: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tidb_localpv_capacity_bytes",
+			Help: "Bytes of the disks on this node by storage class and state (as tidb_localpv_disks): free is state available, total the sum over states.",
+		}, []string{"class", "state"}),
+		phases: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tidb_localpv_disks_by_phase",
+			Help: "Disks on this node by storage class and LocalDisk phase (Available, Bound, Released, Wiping, Unpublished, Foreign, Conflict, Missing, Failed).",
+		}, []string{"class", "phase"}),
 	}
 	reg.MustRegister(m.diskHealth, m.disks, m.reconcileTime, m.wipeTime, m.errors, m.inventoryBad, m.inventoryErrors, m.statusWrites)
+	reg.MustRegister(m.capacity, m.phases)
 	return m
+}
+
+// tally is one pass's count of the node's disks, for the gauges.
+type tally struct {
+	disks, bytes, phases map[[2]string]float64
+}
+
+// newTally starts every class at zero available disks, so that "no free
+// disk" is a 0 an alert rule can see rather than a series that vanished.
+func newTally(classes []string) *tally {
+	t := &tally{disks: map[[2]string]float64{}, bytes: map[[2]string]float64{}, phases: map[[2]string]float64{}}
+	for _, c := range classes {
+		t.disks[[2]string{c, stateAvailable}] = 0
+		t.bytes[[2]string{c, stateAvailable}] = 0
+		t.phases[[2]string{c, string(v1alpha1.PhaseAvailable)}] = 0
+	}
+	return t
+}
+
+func (t *tally) add(class, state string, phase v1alpha1.Phase, bytes int64) {
+	if state == stateOrphan {
+		state = stateUnpublished // an orphan waits out a resync, unpublished
+	}
+	t.disks[[2]string{class, state}]++
+	t.bytes[[2]string{class, state}] += float64(bytes)
+	t.phases[[2]string{class, string(phase)}]++
+}
+
+// publish replaces the gauges with one pass's tally: disks gone since the
+// last pass leave no stale series behind.
+func (m *metrics) publish(t *tally) {
+	for _, g := range []struct {
+		vec *prometheus.GaugeVec
+		val map[[2]string]float64
+	}{{m.disks, t.disks}, {m.capacity, t.bytes}, {m.phases, t.phases}} {
+		g.vec.Reset()
+		for k, v := range g.val {
+			g.vec.WithLabelValues(k[0], k[1]).Set(v)
+		}
+	}
+}
+
+// pvBytes is the capacity a PV states, 0 without one.
+func pvBytes(pv *corev1.PersistentVolume) int64 {
+	if pv == nil {
+		return 0
+	}
+	q, ok := pv.Spec.Capacity[corev1.ResourceStorage]
+	if !ok {
+		return 0
+	}
+	return q.Value()
 }

@@ -173,7 +173,7 @@ func (a *Agent) prepare(ctx context.Context, e discovery.ValidEntry) (string, er
 		return "", fmt.Errorf("%s holds a %s filesystem made by tidb-localpv but the entry says fsType %s; fix fsType", e.Device, sig.Type, e.FSType)
 	default:
 		if !e.Force {
-			return "", fmt.Errorf("%s carries %s; tidb-localpv formats only blank devices: wipe it yourself (wipefs -a), or set force: true to let the agent erase it (destroys its data)", e.Device, sig)
+			return "", fmt.Errorf("%s carries %s; tidb-localpv formats only blank devices: wipe it yourself (wipefs -a), or set force: true and node: %s on this entry to let the agent erase it (destroys its data)", e.Device, sig, a.cfg.NodeName)
 		}
 		if out, err := a.deps.Exec.CommandContext(ctx, "wipefs", "-a", "-f", e.Resolved).CombinedOutput(); err != nil {
 			return "", fmt.Errorf("erase signatures of %s (force): %w: %s", e.Device, err, strings.TrimSpace(string(out)))

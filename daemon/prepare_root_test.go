@@ -133,7 +133,7 @@ func TestReconcile_RefusesAnInventoryDeviceThatCarriesAFilesystemUnlessForced(t 
 	require.FileExists(t, filepath.Join(scratch, "someones", "data"))
 	require.NoError(t, hostdisk.Unmount(scratch))
 
-	forced := deviceEntry(dev, "  format: true\n  force: true\n")
+	forced := deviceEntry(dev, "  format: true\n  force: true\n  node: "+testNode+"\n")
 	forced.ResourceVersion = "2"
 	require.NoError(t, h.client.Tracker().Update(corev1.SchemeGroupVersion.WithResource("configmaps"), forced, invNamespace))
 	h.mustReconcile()

@@ -64,12 +64,13 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	for p, why := range scan.Skipped {
 		log.V(4).Info("not a disk", "path", p, "reason", why)
 	}
-	counts := map[[2]string]float64{}
+	counts := newTally(a.cfg.Roots.Classes())
 	idle := scan.Disks[:0:0]
 	busy := map[string]bool{}
+	var busyDisks []discovery.Disk
 	for _, d := range scan.Disks {
 		if a.pathBusy(d.Path) {
-			counts[[2]string{d.Class, stateWiping}]++
+			busyDisks = append(busyDisks, d)
 			busy[d.Path] = true
 			continue
 		}
@@ -88,6 +89,10 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	for _, pv := range pvs {
 		byID[pv.Labels[provisioner.LabelDisk]] = pv
 		byPath[pv.Spec.Local.Path] = pv
+	}
+	for _, d := range busyDisks {
+		// Being wiped, so not measured this pass: its PV knows its size.
+		counts.add(d.Class, stateWiping, v1alpha1.PhaseWiping, pvBytes(byPath[d.Path]))
 	}
 	present, unsure := map[string]bool{}, unidentified(disks)
 	for _, d := range disks {
@@ -122,7 +127,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 			continue
 		}
 		missing = append(missing, pv)
-		counts[[2]string{pv.Spec.StorageClassName, stateMissing}]++
+		counts.add(pv.Spec.StorageClassName, stateMissing, v1alpha1.PhaseMissing, pvBytes(pv))
 		if err := a.handleMissing(ctx, pv); err != nil {
 			errs = append(errs, err)
 		}
@@ -136,7 +141,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 		requeue = requeue || again
-		counts[[2]string{d.Class, st.state}]++
+		counts.add(d.Class, st.state, st.phase, d.Capacity)
 		if st.state == stateOrphan {
 			orphans[d.ID] = true
 		}
@@ -160,19 +165,15 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	}
 	a.mu.Unlock()
 
-	a.metrics.disks.Reset()
-	for k, n := range counts {
-		if k[1] == stateOrphan {
-			k[1] = stateUnpublished
-		}
-		a.metrics.disks.WithLabelValues(k[0], k[1]).Add(n)
-	}
+	a.metrics.publish(counts)
 	if requeue {
 		a.queue.AddAfter(reconcileKey, 500*time.Millisecond)
 	}
-	if len(errs) == 0 {
-		a.ready.Store(true)
-	}
+	// Ready means the caches synced (workers start only then) and one pass
+	// went over every disk. A disk that failed is retried, and shown on its
+	// LocalDisk and in events; holding the whole agent unready for it would
+	// stall a DaemonSet rollout on one bad disk and hide nothing better.
+	a.ready.Store(true)
 	return errors.Join(errs...)
 }
 

@@ -7,7 +7,10 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/tidb-localpv/tidb-localpv/e2e/hostdisk"
 )
 
 func TestParseInventory_ReadsEntriesAndKeepsGoodOnesPastABadOne(t *testing.T) {
@@ -128,6 +131,38 @@ func TestValidate_RefusesEachKindOfBadEntryWithAFix(t *testing.T) {
 			require.Equal(t, 4, problems[0].Index)
 			require.Contains(t, problems[0].Message, c.want)
 			require.Contains(t, problems[0].String(), "entry 5")
+		})
+	}
+}
+
+func TestValidate_RefusesForceOnAnEntryForEveryNode(t *testing.T) {
+	hostdisk.RequireRoot(t, "make a block device node")
+	e := newValidatorEnv(t)
+	// A block device node that is never opened: validation only stats it.
+	dev := filepath.Join(e.dev, "nvme0n1")
+	require.NoError(t, unix.Mknod(dev, unix.S_IFBLK|0o600, int(unix.Mkdev(7, 250))))
+	cases := []struct {
+		name    string
+		node    string
+		refused bool
+	}{
+		{"node omitted", "", true},
+		{"node is a wildcard", AllNodes, true},
+		{"node named", "n1", false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			entry := Entry{Node: c.node, StorageClass: "tikv-ssd", Device: dev, Format: true, Force: true}
+			valid, problems := e.v.Validate([]IndexedEntry{{Index: 0, Entry: entry}})
+			if !c.refused {
+				require.Empty(t, problems)
+				require.Len(t, valid, 1)
+				return
+			}
+			require.Empty(t, valid, "force on every node would erase this device on each of them")
+			require.Len(t, problems, 1)
+			require.Contains(t, problems[0].Message, "every node")
+			require.Contains(t, problems[0].Message, "set node", "the problem says how to fix it")
 		})
 	}
 }

@@ -78,6 +78,12 @@ func (v Validator) validate(e IndexedEntry) (ValidEntry, error) {
 	if !ok {
 		return ve, fmt.Errorf("storageClass %q has no discovery directory on this agent; use one of: %s", e.StorageClass, strings.Join(v.Roots.Classes(), ", "))
 	}
+	// One entry for every node names a device path, and /dev/nvme1n1 is a
+	// different disk on each node: erasing "whatever is there" on all of
+	// them is never what a single line in a ConfigMap should be able to do.
+	if e.Force && e.Device != "" && (e.Node == "" || e.Node == AllNodes) {
+		return ve, fmt.Errorf("force: true erases what the device holds, and this entry applies to every node (node is %s): it would erase %s on each of them; set node to the one node whose device should be erased (one entry per node)", describeNode(e.Node), e.Device)
+	}
 	switch e.VolumeMode {
 	case "", string(corev1.PersistentVolumeFilesystem):
 		ve.Mode = corev1.PersistentVolumeFilesystem
@@ -208,6 +214,13 @@ func (v Validator) resolveUnder(p, dir, what string) (string, error) {
 		return "", fmt.Errorf("%s %s: %w", what, p, err)
 	}
 	return filepath.Join(dir, rel), nil
+}
+
+func describeNode(node string) string {
+	if node == "" {
+		return "omitted"
+	}
+	return fmt.Sprintf("%q", node)
 }
 
 func describeAllowed(what, dir string) string {

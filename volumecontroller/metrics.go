@@ -25,19 +25,19 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"component", "state"}),
 		releases: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tidb_localpv_controller_releases_total",
-			Help: "Disks released, by reason (tombstone, removed, member-removed, dead-node, stuck-pod, approved).",
+			Help: "Disks released, by reason (tombstone, member-removed, dead-node, stuck-pod, approved).",
 		}, []string{"reason"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tidb_localpv_controller_refusals_total",
-			Help: "Destructive actions not taken, by reason (pd-unknown, store-up, owner-alive, owner-unknown, member-listed, pd-refused, recheck).",
+			Help: "Destructive actions not taken, by reason (pd-unknown, pd-cluster-mismatch, owner-vanished, owner-unknown, owner-unresolved, owner-alive, store-up, store-undrainable, node-returned, member-listed, live-store-at-address, pd-refused, recheck); each standing refusal counts once per PV.",
 		}, []string{"reason"}),
 		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tidb_localpv_controller_actions_total",
-			Help: "Actions carried out, by kind.",
+			Help: "Actions carried out, by kind (offline-store, release, delete-pod, approve, reclaim-delete, delete-pv, delete-instance).",
 		}, []string{"action"}),
 		pdErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tidb_localpv_controller_pd_errors_total",
-			Help: "Failed PD API calls, by operation.",
+			Help: "Failed PD API calls, by operation (stores, store, delete_store, cluster_id, members, health, ping, config_replicate).",
 		}, []string{"op"}),
 		pdLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "tidb_localpv_controller_pd_request_duration_seconds",

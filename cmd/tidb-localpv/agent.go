@@ -81,6 +81,9 @@ func (o *agentOptions) config() (daemon.Config, error) {
 		return cfg, fmt.Errorf("--node-name is empty and NODE_NAME is not set; the DaemonSet sets it from spec.nodeName")
 	}
 	for _, s := range o.discoveryDirs {
+		if err := expanded("--discovery-dir", s); err != nil {
+			return cfg, err
+		}
 		r, err := discovery.ParseRoot(s)
 		if err != nil {
 			return cfg, fmt.Errorf("--discovery-dir: %w", err)
@@ -94,6 +97,9 @@ func (o *agentOptions) config() (daemon.Config, error) {
 	}
 	if err := cfg.Roots.Validate(); err != nil {
 		return cfg, fmt.Errorf("--discovery-dir: %w", err)
+	}
+	if err := expanded("--inventory", o.inventory); err != nil {
+		return cfg, err
 	}
 	ns, name, ok := strings.Cut(o.inventory, "/")
 	if !ok || ns == "" || name == "" {
@@ -152,4 +158,15 @@ func runAgent(cmd *cobra.Command, o *agentOptions) error {
 	g.Go(func() error { return serveHealth(ctx, o.metricsAddress, reg, agent.Ready) })
 	g.Go(func() error { return agent.Run(ctx) })
 	return g.Wait()
+}
+
+// expanded rejects a flag value that still holds a $(VAR) reference: the
+// kubelet leaves one it cannot resolve as it is, and the agent would then
+// watch a namespace or class literally named "$(VAR)" and never say why.
+func expanded(flag, value string) error {
+	if i := strings.Index(value, "$("); i >= 0 {
+		ref, _, _ := strings.Cut(value[i:], ")")
+		return fmt.Errorf("%s %q holds %s) unexpanded: define %s in the container's env (see manifests/)", flag, value, ref, strings.TrimPrefix(ref, "$("))
+	}
+	return nil
 }

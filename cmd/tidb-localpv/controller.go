@@ -85,6 +85,11 @@ the owner is gone. Run two replicas; one holds the lease and acts.`,
 }
 
 func (o *controllerOptions) config() (volumecontroller.Config, error) {
+	for flag, v := range map[string]string{"--lease-name": o.leaseName, "--namespace": o.namespace} {
+		if err := expanded(flag, v); err != nil {
+			return volumecontroller.Config{}, err
+		}
+	}
 	tmpl, err := pd.ParseEndpointTemplate(o.pdTemplate)
 	if err != nil {
 		return volumecontroller.Config{}, fmt.Errorf("--pd-endpoint-template: %w", err)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"runtime"
+	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,11 +17,50 @@ import (
 )
 
 // newRegistry is the binary's own metrics registry, with process and Go
-// runtime collectors.
+// runtime collectors and tidb_localpv_build_info.
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerProcessMetrics(reg)
 	return reg
+}
+
+// registerProcessMetrics registers what every binary serves besides its
+// role's own metrics.
+func registerProcessMetrics(reg prometheus.Registerer) {
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), newBuildInfo())
+}
+
+// newBuildInfo says which build a process runs, so a dashboard shows a
+// roll-out in progress and a rule can join on it.
+func newBuildInfo() prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "tidb_localpv_build_info",
+		Help:        "Always 1; its labels say which build runs: version, Go version, VCS revision.",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version(), "revision": revision()},
+	}, func() float64 { return 1 })
+}
+
+// revision is the commit the binary was built from, as the Go toolchain
+// stamps it ("-dirty" for uncommitted changes), or "unknown" (built
+// outside a git checkout, e.g. from a source archive).
+func revision() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	rev, dirty := "unknown", false
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if dirty && rev != "unknown" {
+		rev += "-dirty"
+	}
+	return rev
 }
 
 // serveHealth serves /metrics, /healthz (the process is alive) and /readyz
@@ -31,7 +72,7 @@ func serveHealth(ctx context.Context, addr string, reg *prometheus.Registry, rea
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !ready() {
-			http.Error(w, "not ready: first full reconcile has not finished", http.StatusServiceUnavailable)
+			http.Error(w, "not ready: caches not synced or the first full pass not done yet", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")

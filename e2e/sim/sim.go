@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -170,7 +171,9 @@ func BuildBinary(ctx context.Context, repoRoot, dir string) (string, error) {
 }
 
 // ReadContainerArgs reads the first container's args of a DaemonSet or
-// Deployment manifest, so the harness runs exactly what users deploy.
+// Deployment manifest, so the harness runs exactly what users deploy. Like
+// the kubelet, it expands $(VAR) from the container's env: literal values,
+// and the pod's namespace (Namespace) for a metadata.namespace field ref.
 func ReadContainerArgs(path string) ([]string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -184,8 +187,35 @@ func ReadContainerArgs(path string) ([]string, error) {
 	if len(cs) == 0 || len(cs[0].Args) == 0 {
 		return nil, fmt.Errorf("%s: no container args", path)
 	}
-	return cs[0].Args, nil
+	vars := map[string]string{}
+	for _, e := range cs[0].Env {
+		switch {
+		case e.ValueFrom == nil:
+			vars[e.Name] = e.Value
+		case e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.namespace":
+			vars[e.Name] = Namespace
+		}
+	}
+	args := make([]string, len(cs[0].Args))
+	for i, a := range cs[0].Args {
+		var unknown []string
+		args[i] = envRef.ReplaceAllStringFunc(a, func(ref string) string {
+			name := ref[2 : len(ref)-1]
+			v, ok := vars[name]
+			if !ok {
+				unknown = append(unknown, name)
+			}
+			return v
+		})
+		if len(unknown) > 0 {
+			return nil, fmt.Errorf("%s: argument %q refers to %v, which the container's env does not define", path, a, unknown)
+		}
+	}
+	return args, nil
 }
+
+// envRef is a $(VAR) reference in a container argument.
+var envRef = regexp.MustCompile(`\$\([A-Za-z_][A-Za-z0-9_]*\)`)
 
 // Rebase moves every absolute host path in args under root and gives the
 // metrics listener a free loopback port, so several agents share one machine.
