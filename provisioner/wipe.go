@@ -269,7 +269,7 @@ func (w *Wiper) reformat(ctx context.Context, d discovery.Disk, m discovery.Mark
 		}
 		return err
 	}
-	if err := deviceFree(dev); err != nil {
+	if err := deviceSettles(ctx, dev); err != nil {
 		if merr := remount("finding the device still in use"); merr != nil {
 			// Not errStillInUse: the path is no longer the disk, and its
 			// contents are not the disk's to remove.
@@ -318,6 +318,30 @@ func deviceFree(dev string) error {
 		return fmt.Errorf("open %s exclusively: %w", dev, err)
 	}
 	return unix.Close(fd)
+}
+
+// deviceSettleTime bounds how long a reformat waits for short-lived holders
+// of a just-unmounted device: udev's probe after the unmount and blkid
+// readers open it for a few milliseconds, and the reformat should not fall
+// back to removing every file because of them.
+const deviceSettleTime = time.Second
+
+// deviceSettles is deviceFree, retried while the device is busy for up to
+// deviceSettleTime. A device still mounted elsewhere stays busy and is
+// reported as such.
+func deviceSettles(ctx context.Context, dev string) error {
+	deadline := time.Now().Add(deviceSettleTime)
+	for {
+		err := deviceFree(dev)
+		if err == nil || !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // openFresh opens the root of the filesystem just made on dev and mounted

@@ -182,3 +182,26 @@ func TestWipe_ReformatsAJustWrittenTreeOnTheFirstTry(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, left)
 }
+
+// udev probes a device right after its unmount and blkid readers open it for
+// a moment: a reformat that gave up on the first busy answer would remove
+// every file instead (the exclusive-root test saw this on CI).
+func TestReformat_WaitsOutAHolderThatLetsGoOfTheDeviceSoon(t *testing.T) {
+	hostdisk.RequireRoot(t, "hold a loop device exclusively")
+	h := hostdisk.ForTest(t)
+	dev := hostdisk.Loop(t, h, 16)
+
+	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	require.NoError(t, err)
+	require.ErrorIs(t, deviceFree(dev), unix.EBUSY, "a held device is busy")
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		unix.Close(fd)
+	}()
+	require.NoError(t, deviceSettles(t.Context(), dev), "a holder that lets go within the settle time is waited out")
+
+	fd, err = unix.Open(dev, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer unix.Close(fd)
+	require.ErrorIs(t, deviceSettles(t.Context(), dev), unix.EBUSY, "a holder that stays is reported")
+}

@@ -168,7 +168,14 @@ func TestSync_ALeaderTakingOverCountsTheDeadNodeGraceFromTheDeletionItSawAsStand
 	w.pd.set(7, "Disconnected")
 	// This replica stands by (informers only, no syncs) when the node goes.
 	require.NoError(t, w.client.CoreV1().Nodes().Delete(w.ctx, "node-a", metav1.DeleteOptions{}))
-	require.Eventually(t, func() bool { _, err := w.c.nodeLister.Get("node-a"); return err != nil }, 5*time.Second, time.Millisecond)
+	// The lister forgets the node before the deletion handler runs: wait
+	// for the handler's note, not for the lister.
+	require.Eventually(t, func() bool {
+		w.c.mu.Lock()
+		defer w.c.mu.Unlock()
+		_, noted := w.c.goneAt["node-a"]
+		return noted
+	}, 5*time.Second, time.Millisecond)
 	w.clock.Step(2 * time.Minute)
 	// It takes over the lease: the node has been gone for two minutes.
 	require.NoError(t, w.sync())
