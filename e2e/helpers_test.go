@@ -284,4 +284,6 @@ func keys[M ~map[string]V, V any](m M) []string {
 }
 
 // diskDir is the host path of the tidb-localpv-tikv disk name of node n.
-func diskDir(n *sim.Node, name string) string { return filepath.Join(n.ClassDir("tidb-localpv-tikv"), name) }
+func diskDir(n *sim.Node, name string) string {
+	return filepath.Join(n.ClassDir("tidb-localpv-tikv"), name)
+}
