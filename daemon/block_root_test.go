@@ -17,7 +17,7 @@ import (
 )
 
 func blockEntry(dev string) *corev1.ConfigMap {
-	return inventory(fmt.Sprintf("disks:\n- device: %s\n  storageClass: tikv-ssd\n  volumeMode: Block\n", dev))
+	return inventory(fmt.Sprintf("disks:\n- device: %s\n  storageClass: tidb-localpv-tikv\n  volumeMode: Block\n", dev))
 }
 
 func TestRecycle_WipesAReleasedBlockDiskAndTheNextPassPublishesItAgain(t *testing.T) {

@@ -35,7 +35,7 @@ import (
 const (
 	testNode     = "node-a"
 	testHostname = "node-a.example.com" // differs from the node name on purpose
-	testClass    = "tikv-ssd"
+	testClass    = "tidb-localpv-tikv"
 	invNamespace = "tidb-localpv"
 	invName      = "tidb-localpv-inventory"
 	testCapacity = int64(10 << 30)
@@ -135,7 +135,7 @@ type harness struct {
 	events *eventLog
 	reg    *prometheus.Registry
 	mounts *fakeMountTable // nil when the real mount table is used
-	root   string          // the tikv-ssd class's discovery directory
+	root   string          // the tidb-localpv-tikv class's discovery directory
 
 	pvs, classes, configMaps, nodes cache.Indexer
 }

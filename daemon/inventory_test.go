@@ -20,20 +20,20 @@ func TestReconcile_ReportsEachBadInventoryEntryOnTheConfigMapAndAppliesTheRest(t
 	doc := fmt.Sprintf(`
 disks:
 - path: %[1]s/shared
-  storageClass: tikv-ssd
+  storageClass: tidb-localpv-tikv
   allowNonMountPoint: true
 - path: /etc
-  storageClass: tikv-ssd
+  storageClass: tidb-localpv-tikv
 - path: %[1]s/plain
-  storageClass: tikv-ssd
+  storageClass: tidb-localpv-tikv
 - device: /dev/sdz
   storageClass: no-such-class
 - path: %[1]s/typo
-  storageClass: tikv-ssd
+  storageClass: tidb-localpv-tikv
   mountOptions: [noatime]
 - node: node-b
   path: /elsewhere
-  storageClass: tikv-ssd
+  storageClass: tidb-localpv-tikv
 `, root)
 	h := newHarness(t, harnessConfig{base: base, objects: []runtime.Object{inventory(doc)}})
 	for _, d := range []string{"shared", "plain", "typo"} {
@@ -80,7 +80,7 @@ disks:
 func TestReconcile_KeepsThePreviousInventoryInForceWhenTheDocumentIsBroken(t *testing.T) {
 	base := t.TempDir()
 	shared := filepath.Join(base, "tikv", "shared")
-	good := inventory(fmt.Sprintf("disks:\n- path: %s\n  storageClass: tikv-ssd\n  allowNonMountPoint: true\n", shared))
+	good := inventory(fmt.Sprintf("disks:\n- path: %s\n  storageClass: tidb-localpv-tikv\n  allowNonMountPoint: true\n", shared))
 	h := newHarness(t, harnessConfig{base: base, objects: []runtime.Object{good}})
 	require.NoError(t, os.MkdirAll(shared, 0o755))
 	h.mustReconcile()

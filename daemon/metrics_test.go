@@ -37,9 +37,9 @@ func TestMetrics_AClassWithoutDisksShowsZeroFreeRatherThanNothing(t *testing.T) 
 
 	h.mustReconcile()
 
-	require.Equal(t, map[string]float64{"tikv-ssd/available": 0}, h.series("tidb_localpv_disks"))
-	require.Equal(t, map[string]float64{"tikv-ssd/available": 0}, h.series("tidb_localpv_capacity_bytes"))
-	require.Equal(t, map[string]float64{"tikv-ssd/Available": 0}, h.series("tidb_localpv_disks_by_phase"))
+	require.Equal(t, map[string]float64{"tidb-localpv-tikv/available": 0}, h.series("tidb_localpv_disks"))
+	require.Equal(t, map[string]float64{"tidb-localpv-tikv/available": 0}, h.series("tidb_localpv_capacity_bytes"))
+	require.Equal(t, map[string]float64{"tidb-localpv-tikv/Available": 0}, h.series("tidb_localpv_disks_by_phase"))
 }
 
 func TestMetrics_CountDisksAndBytesByStateAndPhase(t *testing.T) {
@@ -60,14 +60,14 @@ func TestMetrics_CountDisksAndBytesByStateAndPhase(t *testing.T) {
 
 	h.mustReconcile()
 
-	require.Equal(t, map[string]float64{"tikv-ssd/available": 1, "tikv-ssd/bound": 1, "tikv-ssd/missing": 1},
+	require.Equal(t, map[string]float64{"tidb-localpv-tikv/available": 1, "tidb-localpv-tikv/bound": 1, "tidb-localpv-tikv/missing": 1},
 		h.series("tidb_localpv_disks"), "free, bound, and the available PV of a vanished disk")
 	bytes := h.series("tidb_localpv_capacity_bytes")
-	require.Equal(t, float64(testCapacity), bytes["tikv-ssd/available"], "free bytes")
-	require.Equal(t, float64(testCapacity), bytes["tikv-ssd/bound"])
-	require.Equal(t, float64(testCapacity), bytes["tikv-ssd/missing"], "a missing disk's size comes from its PV")
+	require.Equal(t, float64(testCapacity), bytes["tidb-localpv-tikv/available"], "free bytes")
+	require.Equal(t, float64(testCapacity), bytes["tidb-localpv-tikv/bound"])
+	require.Equal(t, float64(testCapacity), bytes["tidb-localpv-tikv/missing"], "a missing disk's size comes from its PV")
 	phases := h.series("tidb_localpv_disks_by_phase")
-	require.Equal(t, 1.0, phases["tikv-ssd/Available"])
-	require.Equal(t, 1.0, phases["tikv-ssd/Bound"])
-	require.Equal(t, 1.0, phases["tikv-ssd/Missing"])
+	require.Equal(t, 1.0, phases["tidb-localpv-tikv/Available"])
+	require.Equal(t, 1.0, phases["tidb-localpv-tikv/Bound"])
+	require.Equal(t, 1.0, phases["tidb-localpv-tikv/Missing"])
 }

@@ -44,7 +44,7 @@ func mountedFrom(t *testing.T, dir string) string {
 }
 
 func deviceEntry(dev string, extra string) *corev1.ConfigMap {
-	return inventory(fmt.Sprintf("disks:\n- device: %s\n  storageClass: tikv-ssd\n  name: d0\n%s", dev, extra))
+	return inventory(fmt.Sprintf("disks:\n- device: %s\n  storageClass: tidb-localpv-tikv\n  name: d0\n%s", dev, extra))
 }
 
 func TestReconcile_FormatsABlankInventoryDeviceAndWipesItByReformatting(t *testing.T) {

@@ -18,16 +18,16 @@ func TestParseInventory_ReadsEntriesAndKeepsGoodOnesPastABadOne(t *testing.T) {
 disks:
 - node: n1
   device: /dev/sdb
-  storageClass: tikv-ssd
+  storageClass: tidb-localpv-tikv
   format: true
 - device: /dev/sdc
-  storageClass: tikv-ssd
+  storageClass: tidb-localpv-tikv
   format: maybe
 - path: /mnt/pd/a
-  storageClass: pd-ssd
+  storageClass: tidb-localpv-pd
   colour: blue
 - path: /mnt/pd/b
-  storageClass: pd-ssd
+  storageClass: tidb-localpv-pd
 `
 	entries, problems, err := ParseInventory(doc)
 	require.NoError(t, err)
@@ -87,7 +87,7 @@ func newValidatorEnv(t *testing.T) validatorEnv {
 	e.mounts = MountIndex{filepath.Join(e.pd, "mounted"): {MountPoint: filepath.Join(e.pd, "mounted"), Source: "/dev/sdz", FSType: "ext4"}}
 	e.v = Validator{
 		Node:   "n1",
-		Roots:  Roots{{Class: "tikv-ssd", Dir: e.tikv}, {Class: "pd-ssd", Dir: e.pd}},
+		Roots:  Roots{{Class: "tidb-localpv-tikv", Dir: e.tikv}, {Class: "tidb-localpv-pd", Dir: e.pd}},
 		DevDir: e.dev,
 		Mounts: e.mounts,
 	}
@@ -103,25 +103,25 @@ func TestValidate_RefusesEachKindOfBadEntryWithAFix(t *testing.T) {
 	}{
 		{"no class", Entry{Path: e.pd + "/mounted"}, "storageClass is required"},
 		{"unknown class", Entry{Path: e.pd + "/mounted", StorageClass: "gold"}, "has no discovery directory"},
-		{"neither device nor path", Entry{StorageClass: "pd-ssd"}, "set device"},
-		{"both device and path", Entry{StorageClass: "pd-ssd", Device: "/dev/x", Path: "/x"}, "not both"},
-		{"bad volume mode", Entry{StorageClass: "pd-ssd", Path: e.pd + "/mounted", VolumeMode: "Raw"}, "use Filesystem or Block"},
-		{"relative path", Entry{StorageClass: "pd-ssd", Path: "mnt/pd/mounted"}, "relative"},
-		{"root", Entry{StorageClass: "pd-ssd", Path: "/"}, "root"},
-		{"dot dot", Entry{StorageClass: "pd-ssd", Path: e.pd + "/../pd/mounted"}, "'..'"},
-		{"outside the roots", Entry{StorageClass: "pd-ssd", Path: e.root + "/outside"}, "outside"},
-		{"symlink escaping the root", Entry{StorageClass: "pd-ssd", Path: e.pd + "/escape"}, "symbolic link"},
-		{"path in another class's root", Entry{StorageClass: "tikv-ssd", Path: e.pd + "/mounted"}, "class pd-ssd"},
-		{"the root itself", Entry{StorageClass: "pd-ssd", Path: e.pd}, "discovery directory itself"},
-		{"not a mount point", Entry{StorageClass: "pd-ssd", Path: e.pd + "/plain"}, "not a mount point"},
-		{"missing path", Entry{StorageClass: "pd-ssd", Path: e.pd + "/nope"}, "does not exist"},
-		{"file where a device is expected", Entry{StorageClass: "tikv-ssd", Device: e.dev + "/notadevice", Format: true}, "regular file, not a block device"},
-		{"character device", Entry{StorageClass: "tikv-ssd", Device: e.dev + "/null", Format: true}, "symbolic link to /dev/null"},
-		{"device outside /dev", Entry{StorageClass: "tikv-ssd", Device: e.root + "/outside"}, "outside"},
-		{"block with fsType", Entry{StorageClass: "tikv-ssd", Device: e.dev + "/notadevice", VolumeMode: "Block", FSType: "ext4"}, "regular file"},
-		{"path with format", Entry{StorageClass: "pd-ssd", Path: e.pd + "/mounted", Format: true}, "apply to devices only"},
-		{"block path", Entry{StorageClass: "pd-ssd", Path: e.pd + "/mounted", VolumeMode: "Block"}, "needs a device"},
-		{"non-mount-point opt-in on a device", Entry{StorageClass: "tikv-ssd", Device: e.dev + "/notadevice", AllowNonMountPoint: true}, "path entries only"},
+		{"neither device nor path", Entry{StorageClass: "tidb-localpv-pd"}, "set device"},
+		{"both device and path", Entry{StorageClass: "tidb-localpv-pd", Device: "/dev/x", Path: "/x"}, "not both"},
+		{"bad volume mode", Entry{StorageClass: "tidb-localpv-pd", Path: e.pd + "/mounted", VolumeMode: "Raw"}, "use Filesystem or Block"},
+		{"relative path", Entry{StorageClass: "tidb-localpv-pd", Path: "mnt/pd/mounted"}, "relative"},
+		{"root", Entry{StorageClass: "tidb-localpv-pd", Path: "/"}, "root"},
+		{"dot dot", Entry{StorageClass: "tidb-localpv-pd", Path: e.pd + "/../pd/mounted"}, "'..'"},
+		{"outside the roots", Entry{StorageClass: "tidb-localpv-pd", Path: e.root + "/outside"}, "outside"},
+		{"symlink escaping the root", Entry{StorageClass: "tidb-localpv-pd", Path: e.pd + "/escape"}, "symbolic link"},
+		{"path in another class's root", Entry{StorageClass: "tidb-localpv-tikv", Path: e.pd + "/mounted"}, "class tidb-localpv-pd"},
+		{"the root itself", Entry{StorageClass: "tidb-localpv-pd", Path: e.pd}, "discovery directory itself"},
+		{"not a mount point", Entry{StorageClass: "tidb-localpv-pd", Path: e.pd + "/plain"}, "not a mount point"},
+		{"missing path", Entry{StorageClass: "tidb-localpv-pd", Path: e.pd + "/nope"}, "does not exist"},
+		{"file where a device is expected", Entry{StorageClass: "tidb-localpv-tikv", Device: e.dev + "/notadevice", Format: true}, "regular file, not a block device"},
+		{"character device", Entry{StorageClass: "tidb-localpv-tikv", Device: e.dev + "/null", Format: true}, "symbolic link to /dev/null"},
+		{"device outside /dev", Entry{StorageClass: "tidb-localpv-tikv", Device: e.root + "/outside"}, "outside"},
+		{"block with fsType", Entry{StorageClass: "tidb-localpv-tikv", Device: e.dev + "/notadevice", VolumeMode: "Block", FSType: "ext4"}, "regular file"},
+		{"path with format", Entry{StorageClass: "tidb-localpv-pd", Path: e.pd + "/mounted", Format: true}, "apply to devices only"},
+		{"block path", Entry{StorageClass: "tidb-localpv-pd", Path: e.pd + "/mounted", VolumeMode: "Block"}, "needs a device"},
+		{"non-mount-point opt-in on a device", Entry{StorageClass: "tidb-localpv-tikv", Device: e.dev + "/notadevice", AllowNonMountPoint: true}, "path entries only"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -152,7 +152,7 @@ func TestValidate_RefusesForceOnAnEntryForEveryNode(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			entry := Entry{Node: c.node, StorageClass: "tikv-ssd", Device: dev, Format: true, Force: true}
+			entry := Entry{Node: c.node, StorageClass: "tidb-localpv-tikv", Device: dev, Format: true, Force: true}
 			valid, problems := e.v.Validate([]IndexedEntry{{Index: 0, Entry: entry}})
 			if !c.refused {
 				require.Empty(t, problems)
@@ -170,9 +170,9 @@ func TestValidate_RefusesForceOnAnEntryForEveryNode(t *testing.T) {
 func TestValidate_AcceptsGoodEntriesAndFillsDefaults(t *testing.T) {
 	e := newValidatorEnv(t)
 	entries := []IndexedEntry{
-		{Index: 0, Entry: Entry{StorageClass: "pd-ssd", Path: e.pd + "/mounted"}},
-		{Index: 1, Entry: Entry{StorageClass: "pd-ssd", Path: e.pd + "/plain", AllowNonMountPoint: true}},
-		{Index: 2, Entry: Entry{StorageClass: "pd-ssd", Path: e.pd + "/mounted", Node: "other"}},
+		{Index: 0, Entry: Entry{StorageClass: "tidb-localpv-pd", Path: e.pd + "/mounted"}},
+		{Index: 1, Entry: Entry{StorageClass: "tidb-localpv-pd", Path: e.pd + "/plain", AllowNonMountPoint: true}},
+		{Index: 2, Entry: Entry{StorageClass: "tidb-localpv-pd", Path: e.pd + "/mounted", Node: "other"}},
 	}
 	valid, problems := e.v.Validate(entries)
 	require.Empty(t, problems)
@@ -185,8 +185,8 @@ func TestValidate_RefusesTheSecondOfTwoEntriesForOnePath(t *testing.T) {
 	e := newValidatorEnv(t)
 	require.NoError(t, os.Symlink(e.pd+"/mounted", e.pd+"/alias"))
 	valid, problems := e.v.Validate([]IndexedEntry{
-		{Index: 0, Entry: Entry{StorageClass: "pd-ssd", Path: e.pd + "/mounted"}},
-		{Index: 1, Entry: Entry{StorageClass: "pd-ssd", Path: e.pd + "/alias"}},
+		{Index: 0, Entry: Entry{StorageClass: "tidb-localpv-pd", Path: e.pd + "/mounted"}},
+		{Index: 1, Entry: Entry{StorageClass: "tidb-localpv-pd", Path: e.pd + "/alias"}},
 	})
 	require.Len(t, valid, 1)
 	require.Len(t, problems, 1)
@@ -199,9 +199,9 @@ func TestParseRoot_RejectsUnusableDirectories(t *testing.T) {
 		_, err := ParseRoot(s)
 		require.Error(t, err, s)
 	}
-	r, err := ParseRoot("tikv-ssd=/mnt/x/")
+	r, err := ParseRoot("tidb-localpv-tikv=/mnt/x/")
 	require.NoError(t, err)
-	require.Equal(t, Root{Class: "tikv-ssd", Dir: "/mnt/x"}, r)
+	require.Equal(t, Root{Class: "tidb-localpv-tikv", Dir: "/mnt/x"}, r)
 }
 
 func TestRootsValidate_RejectsOverlapAndDuplicateClasses(t *testing.T) {
@@ -212,8 +212,8 @@ func TestRootsValidate_RejectsOverlapAndDuplicateClasses(t *testing.T) {
 }
 
 func FuzzParseInventory(f *testing.F) {
-	f.Add("disks:\n- device: /dev/sdb\n  storageClass: tikv-ssd\n  format: true\n")
-	f.Add("disks:\n- path: /mnt/pd/a\n  storageClass: pd-ssd\n  allowNonMountPoint: true\n- {}\n")
+	f.Add("disks:\n- device: /dev/sdb\n  storageClass: tidb-localpv-tikv\n  format: true\n")
+	f.Add("disks:\n- path: /mnt/pd/a\n  storageClass: tidb-localpv-pd\n  allowNonMountPoint: true\n- {}\n")
 	f.Add("disks: [{node: '*', device: /dev/../etc/passwd, storageClass: x, volumeMode: Block}]")
 	f.Add("disks:\n- device: [1,2]\n")
 	f.Add("{disks: null}")
@@ -236,7 +236,7 @@ func FuzzParseInventory(f *testing.F) {
 		}
 		// Validation must never panic and must keep problems and valid
 		// entries disjoint, whatever the paths say.
-		v := Validator{Node: "n1", Roots: Roots{{Class: "tikv-ssd", Dir: "/nonexistent/tikv"}}, DevDir: "/nonexistent/dev", Mounts: MountIndex{}}
+		v := Validator{Node: "n1", Roots: Roots{{Class: "tidb-localpv-tikv", Dir: "/nonexistent/tikv"}}, DevDir: "/nonexistent/dev", Mounts: MountIndex{}}
 		valid, bad := v.Validate(entries)
 		require.Equal(t, len(entries), len(valid)+len(bad)+countOtherNodes(entries, "n1"))
 		for _, ve := range valid {
@@ -256,7 +256,7 @@ func countOtherNodes(es []IndexedEntry, node string) int {
 }
 
 func TestParseInventory_FieldNamesAreCaseSensitive(t *testing.T) {
-	entries, problems, err := ParseInventory("disks:\n- path: /mnt/pd/a\n  storageClass: pd-ssd\n  allowNonMountpoint: true\n")
+	entries, problems, err := ParseInventory("disks:\n- path: /mnt/pd/a\n  storageClass: tidb-localpv-pd\n  allowNonMountpoint: true\n")
 	require.NoError(t, err)
 	require.Empty(t, entries)
 	require.Len(t, problems, 1)

@@ -28,7 +28,7 @@ func TestScan_FindsOnlyMountPointsDirectlyUnderARoot(t *testing.T) {
 	require.NoError(t, os.Symlink(filepath.Join(tikv, "disk1"), filepath.Join(tikv, "link")))
 	require.NoError(t, os.WriteFile(filepath.Join(tikv, "file"), nil, 0o600))
 	s := Scanner{
-		Roots: Roots{{Class: "tikv-ssd", Dir: tikv}},
+		Roots: Roots{{Class: "tidb-localpv-tikv", Dir: tikv}},
 		Mounts: fakeMounts{
 			{MountPoint: filepath.Join(tikv, "disk0"), Source: "/dev/sdb", FSType: "ext4"},
 			{MountPoint: filepath.Join(tikv, "disk0", "nested"), Source: "tmpfs", FSType: "tmpfs"},
@@ -40,7 +40,7 @@ func TestScan_FindsOnlyMountPointsDirectlyUnderARoot(t *testing.T) {
 	res, err := s.Scan(context.Background(), nil)
 	require.NoError(t, err)
 	require.Len(t, res.Disks, 2)
-	require.Equal(t, Disk{Class: "tikv-ssd", Name: "disk0", Path: filepath.Join(tikv, "disk0"), Mode: corev1.PersistentVolumeFilesystem,
+	require.Equal(t, Disk{Class: "tidb-localpv-tikv", Name: "disk0", Path: filepath.Join(tikv, "disk0"), Mode: corev1.PersistentVolumeFilesystem,
 		Device: "/dev/sdb", FSType: "ext4", MountPoint: true, Source: SourceDiscovery, Capacity: 10 << 30}, res.Disks[0])
 	require.Equal(t, "", res.Disks[1].Device, "tmpfs has no device")
 	require.Equal(t, "not a mount point", res.Skipped[filepath.Join(tikv, "plain")])
@@ -51,11 +51,11 @@ func TestScan_AddsInventoryDisksAndLetsThemWin(t *testing.T) {
 	root := t.TempDir()
 	pd := filepath.Join(root, "pd")
 	require.NoError(t, os.MkdirAll(filepath.Join(pd, "shared"), 0o755))
-	s := Scanner{Roots: Roots{{Class: "pd-ssd", Dir: pd}}, Mounts: fakeMounts{}, Sizer: fakeSizer{}}
+	s := Scanner{Roots: Roots{{Class: "tidb-localpv-pd", Dir: pd}}, Mounts: fakeMounts{}, Sizer: fakeSizer{}}
 	inv := []ValidEntry{
-		{IndexedEntry: IndexedEntry{Entry: Entry{StorageClass: "pd-ssd", Path: filepath.Join(pd, "shared"), AllowNonMountPoint: true}}, Mode: corev1.PersistentVolumeFilesystem, Resolved: filepath.Join(pd, "shared")},
-		{IndexedEntry: IndexedEntry{Entry: Entry{StorageClass: "pd-ssd", Device: "/dev/loop9", VolumeMode: "Block"}}, Mode: corev1.PersistentVolumeBlock, Resolved: "/dev/loop9"},
-		{IndexedEntry: IndexedEntry{Entry: Entry{StorageClass: "pd-ssd", Device: "/dev/loop8"}}, Mode: corev1.PersistentVolumeFilesystem, Resolved: "/dev/loop8", MountTarget: filepath.Join(pd, "loop8")},
+		{IndexedEntry: IndexedEntry{Entry: Entry{StorageClass: "tidb-localpv-pd", Path: filepath.Join(pd, "shared"), AllowNonMountPoint: true}}, Mode: corev1.PersistentVolumeFilesystem, Resolved: filepath.Join(pd, "shared")},
+		{IndexedEntry: IndexedEntry{Entry: Entry{StorageClass: "tidb-localpv-pd", Device: "/dev/loop9", VolumeMode: "Block"}}, Mode: corev1.PersistentVolumeBlock, Resolved: "/dev/loop9"},
+		{IndexedEntry: IndexedEntry{Entry: Entry{StorageClass: "tidb-localpv-pd", Device: "/dev/loop8"}}, Mode: corev1.PersistentVolumeFilesystem, Resolved: "/dev/loop8", MountTarget: filepath.Join(pd, "loop8")},
 	}
 	res, err := s.Scan(context.Background(), inv)
 	require.NoError(t, err)

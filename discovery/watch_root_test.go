@@ -55,7 +55,7 @@ func TestWatcherHelperProcess(t *testing.T) {
 
 	// The agent's watcher, and one with no roots: it has no fsnotify watch
 	// at all, so whatever it reports came from the mount table alone.
-	agent := startWatcher(t, Roots{{Class: "tikv-ssd", Dir: tikv}})
+	agent := startWatcher(t, Roots{{Class: "tidb-localpv-tikv", Dir: tikv}})
 	bare := startWatcher(t, nil)
 	// Run gives no sign that it is watching; a mount elsewhere that it
 	// reports is that sign.

@@ -37,7 +37,7 @@ func BenchmarkMountToPV(b *testing.B) {
 			b.Fatal(err)
 		}
 		start := time.Now()
-		path, err := n.MountDisk("tikv-ssd", fmt.Sprintf("bench%d", i), "8m")
+		path, err := n.MountDisk("tidb-localpv-tikv", fmt.Sprintf("bench%d", i), "8m")
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -56,12 +56,12 @@ func BenchmarkMountToPV(b *testing.B) {
 const defaultPoll = 5 * time.Second
 
 func BenchmarkTombstoneToAvailable(b *testing.B) {
-	te := startTiDBEnv(b, []string{"tikv-ssd"}, "node-a", "node-b", "node-c", "node-d", "node-e")
+	te := startTiDBEnv(b, []string{"tidb-localpv-tikv"}, "node-a", "node-b", "node-c", "node-d", "node-e")
 	ctx := context.Background()
 	if _, err := te.env.StartController(ctx, "controller-0", fmt.Sprintf("--pd-endpoint=%s/%s=%s", tidbNS, tidbInstance, te.pd.URL)); err != nil {
 		b.Fatal(err)
 	}
-	sts := tidbStatefulSet("tikv", "tikv-ssd", 4)
+	sts := tidbStatefulSet("tikv", "tidb-localpv-tikv", 4)
 	t := b
 	te.deploy(ctx, t, sts)
 	var total, worst time.Duration

@@ -225,10 +225,10 @@ func (te *tidbEnv) waitEvent(ctx context.Context, t testing.TB, uid types.UID, r
 // Available again with no human step. With pdOutage, PD stops answering
 // right after the burial: nothing may be destroyed until it is back.
 func scaleInTiKV(t *testing.T, pdOutage bool) {
-	te := startTiDBEnv(t, []string{"tikv-ssd"}, "node-a", "node-b", "node-c", "node-d")
+	te := startTiDBEnv(t, []string{"tidb-localpv-tikv"}, "node-a", "node-b", "node-c", "node-d")
 	ctx := context.Background()
 	te.startController(t, "controller-0", time.Second)
-	sts := tidbStatefulSet("tikv", "tikv-ssd", 4)
+	sts := tidbStatefulSet("tikv", "tidb-localpv-tikv", 4)
 	te.deploy(ctx, t, sts)
 
 	pv := te.waitOwnerRecorded(ctx, t, sts, 3)
@@ -268,10 +268,10 @@ func TestScaleIn_PDUnreachable_NothingDestroyedUntilItIsBack(t *testing.T) {
 // deadNode runs scenario (b): delete the node of a TiKV pod; its store is
 // offlined, buried, and the pod runs again on another node's fresh disk.
 func deadNode(t *testing.T, pdOutage bool) {
-	te := startTiDBEnv(t, []string{"tikv-ssd"}, "node-a", "node-b", "node-c", "node-d", "node-e")
+	te := startTiDBEnv(t, []string{"tidb-localpv-tikv"}, "node-a", "node-b", "node-c", "node-d", "node-e")
 	ctx := context.Background()
 	te.startController(t, "controller-0", time.Second)
-	sts := tidbStatefulSet("tikv", "tikv-ssd", 4)
+	sts := tidbStatefulSet("tikv", "tidb-localpv-tikv", 4)
 	te.deploy(ctx, t, sts)
 
 	pv := te.waitOwnerRecorded(ctx, t, sts, 1)
@@ -336,13 +336,13 @@ func TestDeadNode_PDUnreachable_NothingDestroyedUntilItIsBack(t *testing.T) {
 // TestLeaderKilledDuringScaleIn_StandbyFinishesWithoutRepeatingAnAction is
 // scenario (d).
 func TestLeaderKilledDuringScaleIn_StandbyFinishesWithoutRepeatingAnAction(t *testing.T) {
-	te := startTiDBEnv(t, []string{"tikv-ssd"}, "node-a", "node-b", "node-c", "node-d")
+	te := startTiDBEnv(t, []string{"tidb-localpv-tikv"}, "node-a", "node-b", "node-c", "node-d")
 	ctx := context.Background()
 	procs := map[string]*cluster.Process{}
 	for _, name := range []string{"controller-0", "controller-1"} {
 		procs[name] = te.startController(t, name, time.Second)
 	}
-	sts := tidbStatefulSet("tikv", "tikv-ssd", 4)
+	sts := tidbStatefulSet("tikv", "tidb-localpv-tikv", 4)
 	te.deploy(ctx, t, sts)
 	pv := te.waitOwnerRecorded(ctx, t, sts, 3)
 	disk := pv.Spec.Local.Path
@@ -373,10 +373,10 @@ func TestLeaderKilledDuringScaleIn_StandbyFinishesWithoutRepeatingAnAction(t *te
 
 // TestPDScaleIn_MemberDiskIsRecycled is scenario (e).
 func TestPDScaleIn_MemberDiskIsRecycled(t *testing.T) {
-	te := startTiDBEnv(t, []string{"pd-ssd"}, "node-a", "node-b", "node-c")
+	te := startTiDBEnv(t, []string{"tidb-localpv-pd"}, "node-a", "node-b", "node-c")
 	ctx := context.Background()
 	te.startController(t, "controller-0", time.Second)
-	sts := tidbStatefulSet("pd", "pd-ssd", 3)
+	sts := tidbStatefulSet("pd", "tidb-localpv-pd", 3)
 	te.deploy(ctx, t, sts)
 	pv := te.waitOwnerRecorded(ctx, t, sts, 2)
 	require.Equal(t, "demo-pd-2", pv.Annotations[provisioner.AnnPDMember])

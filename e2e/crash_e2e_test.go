@@ -36,7 +36,7 @@ func TestAgentKilledDuringWipe_FinishesTheWipeBeforeThePVReturns(t *testing.T) {
 	ctx := t.Context()
 	n := nodes["node-a"]
 	// Empty files take no tmpfs blocks; 64m is plenty.
-	disk, err := n.MountDisk("tikv-ssd", "disk0", "64m")
+	disk, err := n.MountDisk("tidb-localpv-tikv", "disk0", "64m")
 	require.NoError(t, err)
 	require.NoError(t, n.StartAgent(ctx))
 	waitAvailable(ctx, t, env, "node-a", 1)

@@ -46,10 +46,10 @@ func waitPodMoved(ctx context.Context, t testing.TB, te *tidbEnv, sts *appsv1.St
 // buried it releases the claim, so the StatefulSet's pod runs on another
 // node's fresh disk.
 func TestOutOfService_TaintedNodesPodRunsAgainElsewhere_WithoutNodeDeletion(t *testing.T) {
-	te := startTiDBEnv(t, []string{"tikv-ssd"}, "node-a", "node-b", "node-c", "node-d", "node-e")
+	te := startTiDBEnv(t, []string{"tidb-localpv-tikv"}, "node-a", "node-b", "node-c", "node-d", "node-e")
 	ctx := context.Background()
 	ctrl := te.startController(t, "controller-0", time.Second)
-	sts := tidbStatefulSet("tikv", "tikv-ssd", 4)
+	sts := tidbStatefulSet("tikv", "tidb-localpv-tikv", 4)
 	te.deploy(ctx, t, sts)
 	pv := te.waitOwnerRecorded(ctx, t, sts, 1)
 	store := storeIDOf(t, pv)
@@ -82,10 +82,10 @@ func TestOutOfService_TaintedNodesPodRunsAgainElsewhere_WithoutNodeDeletion(t *t
 // on a node that is gone. A controller started afterwards never sees the
 // deletion event, and recovers the pod all the same.
 func TestMissedNodeDeletion_PendingPodRecoveredWhenTheControllerStarts(t *testing.T) {
-	te := startTiDBEnv(t, []string{"tikv-ssd"}, "node-a", "node-b", "node-c", "node-d", "node-e")
+	te := startTiDBEnv(t, []string{"tidb-localpv-tikv"}, "node-a", "node-b", "node-c", "node-d", "node-e")
 	ctx := context.Background()
 	first := te.startController(t, "controller-0", time.Second)
-	sts := tidbStatefulSet("tikv", "tikv-ssd", 4)
+	sts := tidbStatefulSet("tikv", "tidb-localpv-tikv", 4)
 	te.deploy(ctx, t, sts)
 	pv := te.waitOwnerRecorded(ctx, t, sts, 1)
 	store := storeIDOf(t, pv)
@@ -118,10 +118,10 @@ func TestMissedNodeDeletion_PendingPodRecoveredWhenTheControllerStarts(t *testin
 // the PV and on the node with PD's own words; the store is never forced,
 // its claim and pod stay.
 func TestUndrainable_ThreeStoresMaxReplicasThree_RefusalReportedNeverForced(t *testing.T) {
-	te := startTiDBEnv(t, []string{"tikv-ssd"}, "node-a", "node-b", "node-c", "node-d")
+	te := startTiDBEnv(t, []string{"tidb-localpv-tikv"}, "node-a", "node-b", "node-c", "node-d")
 	ctx := context.Background()
 	te.startController(t, "controller-0", time.Second)
-	sts := tidbStatefulSet("tikv", "tikv-ssd", 3)
+	sts := tidbStatefulSet("tikv", "tidb-localpv-tikv", 3)
 	te.deploy(ctx, t, sts)
 	pv := te.waitOwnerRecorded(ctx, t, sts, 1)
 	store := storeIDOf(t, pv)
@@ -170,7 +170,7 @@ func TestUndrainable_OfflineStoreOnADeadNodeReportedWithPDsReasonNeverForced(t *
 	t.Cleanup(p.Close)
 	te.pd = p
 	te.startController(t, "controller-0", time.Second)
-	sts := tidbStatefulSet("tikv", "tikv-ssd", 4)
+	sts := tidbStatefulSet("tikv", "tidb-localpv-tikv", 4)
 	te.deploy(ctx, t, sts)
 	dead := map[uint64]*corev1.PersistentVolume{}
 	for _, i := range []int{2, 3} {

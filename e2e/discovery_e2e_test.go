@@ -31,7 +31,7 @@ func TestMountedDisk_BecomesAvailableAndAPendingPodBindsToIt(t *testing.T) {
 	}, 30*time.Second, 50*time.Millisecond)
 
 	mounted := time.Now()
-	path, err := n.MountDisk("tikv-ssd", "disk0", "32m")
+	path, err := n.MountDisk("tidb-localpv-tikv", "disk0", "32m")
 	require.NoError(t, err)
 	pv := waitPV(ctx, t, env, "node-a", path, corev1.VolumeAvailable, corev1.VolumeBound)
 	published := time.Since(mounted)

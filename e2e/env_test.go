@@ -103,7 +103,7 @@ func waitPV(ctx context.Context, t testing.TB, env *sim.Env, node, path string, 
 	return got
 }
 
-// tikvStatefulSet is a TiKV-like StatefulSet: one tikv-ssd volume per pod.
+// tikvStatefulSet is a TiKV-like StatefulSet: one tidb-localpv-tikv volume per pod.
 func tikvStatefulSet(name string, replicas int32) *appsv1.StatefulSet {
 	return sim.TiKVStatefulSet(name, replicas)
 }

@@ -26,11 +26,11 @@ import (
 // its TiKV stops heartbeating, buried, and the pod starts over on another
 // disk; the failed disk is not republished until an operator says so.
 func TestFailedDisk_TheStoreMovesToAHealthyDiskAndTheDiskStaysOut(t *testing.T) {
-	te := startTiDBEnv(t, []string{"tikv-ssd"}, "node-a", "node-b", "node-c", "node-d", "node-e")
+	te := startTiDBEnv(t, []string{"tidb-localpv-tikv"}, "node-a", "node-b", "node-c", "node-d", "node-e")
 	ctx := context.Background()
 	_, err := te.env.StartController(ctx, "controller-0", append(te.controllerArgs(time.Second), "--failed-disk-grace=2s")...)
 	require.NoError(t, err)
-	sts := tidbStatefulSet("tikv", "tikv-ssd", 4)
+	sts := tidbStatefulSet("tikv", "tidb-localpv-tikv", 4)
 	te.deploy(ctx, t, sts)
 	pv := te.waitOwnerRecorded(ctx, t, sts, 3)
 	disk := pv.Spec.Local.Path

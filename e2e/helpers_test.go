@@ -283,5 +283,7 @@ func keys[M ~map[string]V, V any](m M) []string {
 	return out
 }
 
-// diskDir is the host path of the tikv-ssd disk name of node n.
-func diskDir(n *sim.Node, name string) string { return filepath.Join(n.ClassDir("tikv-ssd"), name) }
+// diskDir is the host path of the tidb-localpv-tikv disk name of node n.
+func diskDir(n *sim.Node, name string) string {
+	return filepath.Join(n.ClassDir("tidb-localpv-tikv"), name)
+}

@@ -34,22 +34,22 @@ func TestInventory_BlankLoopDeviceIsFormattedMountedAndPublished_BadEntryWarns(t
 	require.NoError(t, err)
 	// The agent will mount the device there. Undos run newest first, so
 	// this unmount comes before the loop device's detach.
-	target := filepath.Join(n.ClassDir("tikv-ssd"), filepath.Base(dev))
+	target := filepath.Join(n.ClassDir("tidb-localpv-tikv"), filepath.Base(dev))
 	env.Host.Track("unmount "+target+" (mounted by the agent)", func() error { return hostdisk.Unmount(target) })
 	require.Empty(t, blkid(t, dev), "a fresh loop device must be blank")
 
 	inventory := fmt.Sprintf(`disks:
 - node: node-a
   device: %s
-  storageClass: tikv-ssd
+  storageClass: tidb-localpv-tikv
   format: true
 - node: node-a
   device: /etc/passwd
-  storageClass: tikv-ssd
+  storageClass: tidb-localpv-tikv
   format: true
 - node: node-a
   path: /etc
-  storageClass: tikv-ssd
+  storageClass: tidb-localpv-tikv
   allowNonMountPoint: true
 `, dev)
 	edited := time.Now()

@@ -103,18 +103,18 @@ func TestLocalDisks_EveryPhaseAppearsWithItsReason(t *testing.T) {
 	startPlainController(t, env)
 
 	// Disks prepared while the agent is down, so it finds them as they are.
-	foreign, err := n.MountDisk("tikv-ssd", "foreign", "16m")
+	foreign, err := n.MountDisk("tidb-localpv-tikv", "foreign", "16m")
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(foreign, "someones-data"), []byte("x"), 0o644))
-	orphan, err := n.MountDisk("tikv-ssd", "orphan", "16m")
+	orphan, err := n.MountDisk("tidb-localpv-tikv", "orphan", "16m")
 	require.NoError(t, err)
 	require.NoError(t, discovery.WriteMarker(orphan, discovery.Marker{ID: "fs-0000000000000000000000aa", State: discovery.StateReady}))
 	writeUserData(t, orphan, 1, 3)
-	conflict, err := n.MountDisk("tikv-ssd", "conflict", "16m")
+	conflict, err := n.MountDisk("tidb-localpv-tikv", "conflict", "16m")
 	require.NoError(t, err)
 	require.NoError(t, discovery.WriteMarker(conflict, discovery.Marker{ID: "fs-0000000000000000000000bb", State: discovery.StateReady}))
 	writeUserData(t, conflict, 1, 3)
-	bad, err := n.MountDisk("tikv-ssd", "bad", "16m")
+	bad, err := n.MountDisk("tidb-localpv-tikv", "bad", "16m")
 	require.NoError(t, err)
 	require.NoError(t, syscall.Mkfifo(filepath.Join(bad, discovery.MarkerName), 0o600))
 	// Someone else's PV names the conflict disk's path on this node.
@@ -142,7 +142,7 @@ func TestLocalDisks_EveryPhaseAppearsWithItsReason(t *testing.T) {
 
 	// A disk's life: Available, Bound, then — a plain claim deleted —
 	// Wiping and Available again.
-	disk, err := n.MountDisk("tikv-ssd", "disk0", "64m")
+	disk, err := n.MountDisk("tidb-localpv-tikv", "disk0", "64m")
 	require.NoError(t, err)
 	phases.wait(t, disk, v1alpha1.PhaseAvailable, "Published")
 	sts, err := env.Cluster.Client.AppsV1().StatefulSets("default").Create(ctx, plainStatefulSet("life", 1), metav1.CreateOptions{})
@@ -158,7 +158,7 @@ func TestLocalDisks_EveryPhaseAppearsWithItsReason(t *testing.T) {
 
 	// A TiKV claim whose owner was never confirmed (no PD here) keeps its
 	// disk Released; then the disk is pulled: Missing.
-	tikv, err := n.MountDisk("tikv-ssd", "tikv0", "16m")
+	tikv, err := n.MountDisk("tidb-localpv-tikv", "tikv0", "16m")
 	require.NoError(t, err)
 	phases.wait(t, tikv, v1alpha1.PhaseAvailable, "")
 	kv, err := env.Cluster.Client.AppsV1().StatefulSets("default").Create(ctx, tikvStatefulSet("kv", 1), metav1.CreateOptions{})
@@ -201,10 +201,10 @@ func disksTable(t *testing.T, env *sim.Env, args ...string) string {
 
 // Issue 9 / 7.3: the ownership record outlives the PV's labels and the PV.
 func TestLocalDisks_TheOwnershipRecordSurvivesALabelRemovalAndAPVDeletion(t *testing.T) {
-	te := startTiDBEnv(t, []string{"tikv-ssd"}, "node-a", "node-b", "node-c", "node-d")
+	te := startTiDBEnv(t, []string{"tidb-localpv-tikv"}, "node-a", "node-b", "node-c", "node-d")
 	ctx := context.Background()
 	te.startController(t, "controller-0", time.Second)
-	sts := tidbStatefulSet("tikv", "tikv-ssd", 4)
+	sts := tidbStatefulSet("tikv", "tidb-localpv-tikv", 4)
 	te.deploy(ctx, t, sts)
 	pv := te.waitOwnerRecorded(ctx, t, sts, 3)
 	disk := pv.Spec.Local.Path

@@ -58,7 +58,7 @@ func BenchmarkRealNodeInventoryToPV(b *testing.B) {
 		for i := range realSamples {
 			dev, err := re.env.Host.AttachLoop(filepath.Join(re.work, fmt.Sprintf("inv-%d.img", i)), 64)
 			require.NoError(b, err)
-			fmt.Fprintf(&doc, "- node: node-a\n  device: %s\n  storageClass: tikv-ssd\n  format: true\n", dev)
+			fmt.Fprintf(&doc, "- node: node-a\n  device: %s\n  storageClass: tidb-localpv-tikv\n  format: true\n", dev)
 			start := time.Now()
 			_, err = re.env.SetInventory(ctx, doc.String())
 			require.NoError(b, err)
@@ -87,7 +87,7 @@ func BenchmarkRealNodeClaimDeletedToAvailable100k(b *testing.B) {
 	// files (the backing files are sparse).
 	dev, err := re.env.Host.AttachLoop(filepath.Join(re.work, "reformat.img"), 2048)
 	require.NoError(b, err)
-	_, err = re.env.SetInventory(ctx, fmt.Sprintf("disks:\n- node: node-a\n  device: %s\n  storageClass: tikv-ssd\n  format: true\n", dev))
+	_, err = re.env.SetInventory(ctx, fmt.Sprintf("disks:\n- node: node-a\n  device: %s\n  storageClass: tidb-localpv-tikv\n  format: true\n", dev))
 	require.NoError(b, err)
 	waitPV(ctx, b, re.env, "node-a", nodePath(filepath.Base(dev)), corev1.VolumeAvailable)
 	// Retire the entry (the mount stays, a disk found by discovery): the
@@ -97,10 +97,10 @@ func BenchmarkRealNodeClaimDeletedToAvailable100k(b *testing.B) {
 	manualDev, err := re.env.Host.AttachLoop(filepath.Join(re.work, "contents.img"), 2048)
 	require.NoError(b, err)
 	require.NoError(b, hostdisk.Mkfs(manualDev, "ext4"))
-	require.NoError(b, re.env.Host.Mount(manualDev, a.Path("/mnt/tidb-localpv/pd-ssd/manual"), "ext4"))
-	waitPV(ctx, b, re.env, "node-a", "/mnt/tidb-localpv/pd-ssd/manual", corev1.VolumeAvailable)
+	require.NoError(b, re.env.Host.Mount(manualDev, a.Path("/mnt/tidb-localpv/pd/manual"), "ext4"))
+	waitPV(ctx, b, re.env, "node-a", "/mnt/tidb-localpv/pd/manual", corev1.VolumeAvailable)
 
-	for _, v := range []struct{ how, class string }{{"reformat", "tikv-ssd"}, {"contents", "pd-ssd"}} {
+	for _, v := range []struct{ how, class string }{{"reformat", "tidb-localpv-tikv"}, {"contents", "tidb-localpv-pd"}} {
 		// A TiKV StatefulSet per class, so each lands on its own disk.
 		sts := realTiKV(1, files)
 		sts.Name = tidbInstance + "-tikv-" + v.how
@@ -146,7 +146,7 @@ func BenchmarkRealNodeDeathToRunning(b *testing.B) {
 	te := &tidbEnv{env: re.env, nodes: re.nodes, pd: re.pd}
 	c := re.env.Cluster.Client
 	a, nb := re.nodes["node-a"], re.nodes["node-b"]
-	_, err := a.MountDisk("tikv-ssd", "disk0", "64m")
+	_, err := a.MountDisk("tidb-localpv-tikv", "disk0", "64m")
 	require.NoError(b, err)
 	_, err = re.env.Cluster.Kubectl(ctx, "cordon", "node-b")
 	require.NoError(b, err)
@@ -155,7 +155,7 @@ func BenchmarkRealNodeDeathToRunning(b *testing.B) {
 	require.NoError(b, err)
 	p := waitStatefulSetBound(ctx, b, re.env, sts, 1)[0]
 	te.waitOwnerRecorded(ctx, b, sts, 0)
-	_, err = nb.MountDisk("tikv-ssd", "disk0", "64m")
+	_, err = nb.MountDisk("tidb-localpv-tikv", "disk0", "64m")
 	require.NoError(b, err)
 	_, err = re.env.Cluster.Kubectl(ctx, "uncordon", "node-b")
 	require.NoError(b, err)
@@ -183,7 +183,7 @@ func BenchmarkRealNodeAgentIdle8Disks(b *testing.B) {
 	ctx := context.Background()
 	a := re.nodes["node-a"]
 	for i := range 8 {
-		_, err := a.MountDisk("tikv-ssd", fmt.Sprintf("disk%d", i), "16m")
+		_, err := a.MountDisk("tidb-localpv-tikv", fmt.Sprintf("disk%d", i), "16m")
 		require.NoError(b, err)
 	}
 	require.Eventually(b, func() bool { return len(pvsOf(ctx, b, re.env, "node-a")) == 8 }, realWait, 50*time.Millisecond)

@@ -39,7 +39,7 @@ func TestRealNodes(t *testing.T) {
 		dev, err := re.env.Host.AttachLoop(filepath.Join(re.work, "node-a-ext4.img"), 64)
 		require.NoError(t, err)
 		loopExt4 = dev
-		_, err = re.env.SetInventory(ctx, fmt.Sprintf("disks:\n- node: node-a\n  device: %s\n  storageClass: tikv-ssd\n  format: true\n", dev))
+		_, err = re.env.SetInventory(ctx, fmt.Sprintf("disks:\n- node: node-a\n  device: %s\n  storageClass: tidb-localpv-tikv\n  format: true\n", dev))
 		require.NoError(t, err)
 		pv := waitPV(ctx, t, re.env, "node-a", nodePath(filepath.Base(dev)), corev1.VolumeAvailable)
 		host := nodeDisk(a, filepath.Base(dev))
@@ -105,7 +105,7 @@ func TestRealNodes(t *testing.T) {
 		require.NoError(t, hostdisk.Mkfs(manualDev, "ext4"))
 		manual := nodeDisk(a, "manual")
 		require.NoError(t, re.env.Host.Mount(manualDev, manual, "ext4"), "an operator mounts a disk by hand on the host")
-		_, err = re.env.SetInventory(ctx, fmt.Sprintf("disks:\n- node: node-a\n  device: %s\n  storageClass: tikv-ssd\n  format: true\n- node: node-a\n  device: %s\n  storageClass: tikv-ssd\n  fsType: xfs\n  format: true\n", loopExt4, xfs))
+		_, err = re.env.SetInventory(ctx, fmt.Sprintf("disks:\n- node: node-a\n  device: %s\n  storageClass: tidb-localpv-tikv\n  format: true\n- node: node-a\n  device: %s\n  storageClass: tidb-localpv-tikv\n  fsType: xfs\n  format: true\n", loopExt4, xfs))
 		require.NoError(t, err)
 		waitPV(ctx, t, re.env, "node-a", nodePath(filepath.Base(xfs)), corev1.VolumeAvailable)
 		waitPV(ctx, t, re.env, "node-a", nodePath("manual"), corev1.VolumeAvailable)
@@ -151,7 +151,7 @@ func TestRealNodes(t *testing.T) {
 	})
 
 	t.Run("a dead node's TiKV pod runs again on the other node's fresh disk", func(t *testing.T) {
-		spare, err := b.MountDisk("tikv-ssd", "spare", "512m")
+		spare, err := b.MountDisk("tidb-localpv-tikv", "spare", "512m")
 		require.NoError(t, err)
 		waitPV(ctx, t, re.env, "node-b", nodePath("spare"), corev1.VolumeAvailable)
 		// node-a holds three free disks and node-b one: keep node-b out of

@@ -209,11 +209,11 @@ func realTiKV(replicas int32, files int) *appsv1.StatefulSet {
 }
 
 // nodeDisk is the host path of a disk the node sees at
-// /mnt/tidb-localpv/tikv-ssd/<name>.
+// /mnt/tidb-localpv/tikv/<name>.
 func nodeDisk(n *sim.Node, name string) string { return n.Path(nodePath(name)) }
 
-// nodePath is the node's own path of tikv-ssd disk name, as PVs carry it.
-func nodePath(name string) string { return "/mnt/tidb-localpv/tikv-ssd/" + name }
+// nodePath is the node's own path of tidb-localpv-tikv disk name, as PVs carry it.
+func nodePath(name string) string { return "/mnt/tidb-localpv/tikv/" + name }
 
 // mountFSType is the filesystem type of the mount at dir on the host.
 func mountFSType(t *testing.T, dir string) string {

@@ -25,7 +25,7 @@ func TestReleasedDisk_IsWipedAndPublishedAgainAsANewPV(t *testing.T) {
 	env, nodes := startEnv(t, "node-a")
 	ctx := t.Context()
 	n := nodes["node-a"]
-	disk, err := n.MountDisk("tikv-ssd", "disk0", "32m")
+	disk, err := n.MountDisk("tidb-localpv-tikv", "disk0", "32m")
 	require.NoError(t, err)
 	require.NoError(t, n.StartAgent(ctx))
 	waitAvailable(ctx, t, env, "node-a", 1)

@@ -27,7 +27,7 @@ func TestAgentRestart_WithBoundPVs_ChangesNothing(t *testing.T) {
 	ctx := t.Context()
 	n := nodes["node-a"]
 	for i := range 3 {
-		_, err := n.MountDisk("tikv-ssd", fmt.Sprintf("disk%d", i), "32m")
+		_, err := n.MountDisk("tidb-localpv-tikv", fmt.Sprintf("disk%d", i), "32m")
 		require.NoError(t, err)
 	}
 	require.NoError(t, n.StartAgent(ctx))
@@ -70,7 +70,7 @@ func TestAgentRestart_WithBoundPVs_ChangesNothing(t *testing.T) {
 			require.Equal(t, want, tree(t, disk), "files of %s changed after the agent was %s", disk, restart.how)
 		}
 		for state, want := range map[string]float64{"bound": 2, "available": 1} {
-			got, err := n.Metric(ctx, fmt.Sprintf(`tidb_localpv_disks{class="tikv-ssd",state=%q}`, state))
+			got, err := n.Metric(ctx, fmt.Sprintf(`tidb_localpv_disks{class="tidb-localpv-tikv",state=%q}`, state))
 			require.NoError(t, err)
 			require.Equal(t, want, got, "%s disks the restarted agent reports", state)
 		}

@@ -39,7 +39,7 @@ func runTiKVPlacement(t *testing.T, disks map[string]int) []placement {
 	for _, name := range names {
 		n := nodes[name]
 		for i := range disks[name] {
-			_, err := n.MountDisk("tikv-ssd", fmt.Sprintf("disk%d", i), "32m")
+			_, err := n.MountDisk("tidb-localpv-tikv", fmt.Sprintf("disk%d", i), "32m")
 			require.NoError(t, err)
 		}
 		require.NoError(t, n.StartAgent(ctx))

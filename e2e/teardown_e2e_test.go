@@ -47,7 +47,7 @@ func TestTeardown_AfterAFailingScenario_LeavesNothing(t *testing.T) {
 		n, err := env.AddNode(ctx, name)
 		require.NoError(t, err)
 		for i := range 2 {
-			_, err := n.MountDisk("tikv-ssd", fmt.Sprintf("disk%d", i), "16m")
+			_, err := n.MountDisk("tidb-localpv-tikv", fmt.Sprintf("disk%d", i), "16m")
 			require.NoError(t, err)
 		}
 		require.NoError(t, n.StartAgent(ctx))
@@ -56,10 +56,10 @@ func TestTeardown_AfterAFailingScenario_LeavesNothing(t *testing.T) {
 	a := env.Cluster.Client
 	dev, err := env.Host.AttachLoop(filepath.Join(work, "node-a-nvme0.img"), 32)
 	require.NoError(t, err)
-	_, err = env.SetInventory(ctx, fmt.Sprintf("disks:\n- node: node-a\n  device: %s\n  storageClass: tikv-ssd\n  format: true\n", dev))
+	_, err = env.SetInventory(ctx, fmt.Sprintf("disks:\n- node: node-a\n  device: %s\n  storageClass: tidb-localpv-tikv\n  format: true\n", dev))
 	require.NoError(t, err)
 	na := filepath.Join(work, "nodes", "node-a")
-	target := filepath.Join(na, "mnt/tidb-localpv/tikv-ssd", filepath.Base(dev))
+	target := filepath.Join(na, "mnt/tidb-localpv/tidb-localpv-tikv", filepath.Base(dev))
 	waitPV(ctx, t, env, "node-a", target, corev1.VolumeAvailable)
 	require.Equal(t, dev, mountSource(t, target), "the agent mounted the inventory device")
 

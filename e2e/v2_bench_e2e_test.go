@@ -114,13 +114,13 @@ func replacementRunning(ctx context.Context, te *tidbEnv, v *sim.V2, before map[
 // grace. Controller: the Deployment's arguments, 5 s PD poll; simulated PD:
 // Disconnected after 2 s of silence (real PD: 20 s).
 func BenchmarkOutOfServiceToPodRunning(b *testing.B) {
-	te := startTiDBEnv(b, []string{"tikv-ssd"}, "node-a", "node-b", "node-c", "node-d", "node-e")
+	te := startTiDBEnv(b, []string{"tidb-localpv-tikv"}, "node-a", "node-b", "node-c", "node-d", "node-e")
 	ctx := context.Background()
 	args := append(testTimings(defaultPoll), fmt.Sprintf("--pd-endpoint=%s/%s=%s", tidbNS, tidbInstance, te.pd.URL))
 	if _, err := te.env.StartController(ctx, "controller-0", args...); err != nil {
 		b.Fatal(err)
 	}
-	sts := tidbStatefulSet("tikv", "tikv-ssd", 4)
+	sts := tidbStatefulSet("tikv", "tidb-localpv-tikv", 4)
 	te.deploy(ctx, b, sts)
 	var total, worst time.Duration
 	b.ResetTimer()

@@ -228,7 +228,7 @@ func TestV1AndV2SideBySide_EachFindsItsPDWithoutConfigurationAndRecycles(t *test
 	t.Logf("cluster DNS for the controller: %v", hosts)
 	ctrl := startControllerWithDNS(t, te.env, "controller-0", hosts, testTimings(time.Second)...)
 
-	sts := tidbStatefulSet("tikv", "tikv-ssd", 4)
+	sts := tidbStatefulSet("tikv", "tidb-localpv-tikv", 4)
 	te.deploy(ctx, t, sts)
 	owners := waitV2Owners(ctx, t, te, v, 4)
 	for i := range 4 {
@@ -323,7 +323,7 @@ func waitV2PDOwners(ctx context.Context, t testing.TB, te *tidbEnv, v *sim.V2, n
 // asks; v2 then removes pod and claim, and the group's new PD instance
 // runs on a fresh disk.
 func TestV2PDDeadNode_MemberRemovedByHand_ControllerDeletesTheInstance(t *testing.T) {
-	te := startDisksOf(t, "pd-ssd", 1, "node-a", "node-b", "node-c", "node-d")
+	te := startDisksOf(t, "tidb-localpv-pd", 1, "node-a", "node-b", "node-c", "node-d")
 	ctx := context.Background()
 	v := startV2(t, te, sim.V2Options{Namespace: v2NS, Cluster: v2Cluster, Replicas: 0, PDReplicas: 3})
 	startControllerWith(t, te.env, "controller-0", testTimings(time.Second)...)

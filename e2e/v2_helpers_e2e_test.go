@@ -46,10 +46,10 @@ func testTimings(poll time.Duration) []string {
 	}
 }
 
-// startDisks brings up nodes with n tikv-ssd disks each and their agents.
+// startDisks brings up nodes with n tidb-localpv-tikv disks each and their agents.
 func startDisks(t testing.TB, perNode int, nodes ...string) *tidbEnv {
 	t.Helper()
-	return startDisksOf(t, "tikv-ssd", perNode, nodes...)
+	return startDisksOf(t, "tidb-localpv-tikv", perNode, nodes...)
 }
 
 // startDisksOf brings up nodes with n disks of class each and their agents.
@@ -69,13 +69,13 @@ func startDisksOf(t testing.TB, class string, perNode int, nodes ...string) *tid
 	return te
 }
 
-// addNode adds a fresh node with one tikv-ssd disk and its agent.
+// addNode adds a fresh node with one tidb-localpv-tikv disk and its agent.
 func (te *tidbEnv) addNode(ctx context.Context, t testing.TB, name string) {
 	t.Helper()
 	n, err := te.env.AddNode(ctx, name)
 	require.NoError(t, err)
 	te.nodes[name] = n
-	_, err = n.MountDisk("tikv-ssd", "disk0", "32m")
+	_, err = n.MountDisk("tidb-localpv-tikv", "disk0", "32m")
 	require.NoError(t, err)
 	require.NoError(t, n.StartAgent(ctx))
 }

@@ -64,7 +64,7 @@ func TestPVName_IsAValidDNSSubdomainForOddNodeAndDiskNames(t *testing.T) {
 
 func testDisk() discovery.Disk {
 	return discovery.Disk{
-		Class: "tikv-ssd", Name: "disk0", Path: "/mnt/tikv/disk0",
+		Class: "tidb-localpv-tikv", Name: "disk0", Path: "/mnt/tikv/disk0",
 		Mode: corev1.PersistentVolumeFilesystem, FSType: "ext4", MountPoint: true,
 		Source: discovery.SourceDiscovery, Capacity: 10 << 30,
 	}
@@ -72,7 +72,7 @@ func testDisk() discovery.Disk {
 
 func testClass(reclaim *corev1.PersistentVolumeReclaimPolicy, opts ...string) *storagev1.StorageClass {
 	return &storagev1.StorageClass{
-		ObjectMeta:    metav1.ObjectMeta{Name: "tikv-ssd"},
+		ObjectMeta:    metav1.ObjectMeta{Name: "tidb-localpv-tikv"},
 		Provisioner:   "kubernetes.io/no-provisioner",
 		ReclaimPolicy: reclaim,
 		MountOptions:  opts,
@@ -95,7 +95,7 @@ func TestRenderPV_FollowsThePVContract(t *testing.T) {
 	require.Equal(t, resource.NewQuantity(10<<30, resource.BinarySI).String(), pv.Spec.Capacity.Storage().String())
 	require.Equal(t, corev1.PersistentVolumeFilesystem, *pv.Spec.VolumeMode)
 	require.Equal(t, []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}, pv.Spec.AccessModes)
-	require.Equal(t, "tikv-ssd", pv.Spec.StorageClassName)
+	require.Equal(t, "tidb-localpv-tikv", pv.Spec.StorageClassName)
 	require.Equal(t, []string{"noatime", "nodiscard"}, pv.Spec.MountOptions)
 	require.Equal(t, corev1.PersistentVolumeReclaimDelete, pv.Spec.PersistentVolumeReclaimPolicy)
 	require.Equal(t, &corev1.VolumeNodeAffinity{Required: &corev1.NodeSelector{
@@ -134,7 +134,7 @@ func TestRenderPV_UsesTheNodeNameWhenTheNodeHasNoHostnameLabel(t *testing.T) {
 }
 
 func TestRenderPV_PublishesBlockDisksWithTheirIdentitySource(t *testing.T) {
-	d := discovery.Disk{Class: "tikv-ssd", Name: "sdb", Path: "/dev/sdb", Mode: corev1.PersistentVolumeBlock, Device: "/dev/sdb", Capacity: 20 << 30}
+	d := discovery.Disk{Class: "tidb-localpv-tikv", Name: "sdb", Path: "/dev/sdb", Mode: corev1.PersistentVolumeBlock, Device: "/dev/sdb", Capacity: 20 << 30}
 	pv, err := RenderPV(d, Identity{ID: "blk-0123456789abcdef01234567", Source: "by-id:wwn-0x5000"}, Node{Name: "n"}, testClass(nil))
 	require.NoError(t, err)
 	require.Equal(t, corev1.PersistentVolumeBlock, *pv.Spec.VolumeMode)

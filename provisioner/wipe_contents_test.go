@@ -37,7 +37,7 @@ func newDisk(t *testing.T, id string) string {
 }
 
 func fsDisk(path string) discovery.Disk {
-	return discovery.Disk{Class: "tikv-ssd", Name: filepath.Base(path), Path: path, Mode: corev1.PersistentVolumeFilesystem, MountPoint: true, Capacity: 1 << 30}
+	return discovery.Disk{Class: "tidb-localpv-tikv", Name: filepath.Base(path), Path: path, Mode: corev1.PersistentVolumeFilesystem, MountPoint: true, Capacity: 1 << 30}
 }
 
 func contentsWiper(mounts ...discovery.Mount) *Wiper {

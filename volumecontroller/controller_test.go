@@ -183,9 +183,9 @@ func tikvObjects(withPod bool) []runtime.Object {
 			Annotations: map[string]string{provisioner.AnnProvisionedBy: provisioner.Name}},
 		Spec: corev1.PersistentVolumeSpec{
 			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")},
-			PersistentVolumeSource:        corev1.PersistentVolumeSource{Local: &corev1.LocalVolumeSource{Path: "/mnt/tidb-localpv/tikv-ssd/disk0"}},
+			PersistentVolumeSource:        corev1.PersistentVolumeSource{Local: &corev1.LocalVolumeSource{Path: "/mnt/tidb-localpv/tikv/disk0"}},
 			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
-			StorageClassName:              "tikv-ssd",
+			StorageClassName:              "tidb-localpv-tikv",
 			ClaimRef:                      &corev1.ObjectReference{Namespace: ns, Name: pvcName, UID: "pvc-uid"},
 		},
 		Status: corev1.PersistentVolumeStatus{Phase: corev1.VolumeBound},

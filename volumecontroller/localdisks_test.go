@@ -20,7 +20,7 @@ func localDiskObject(t *testing.T) *unstructured.Unstructured {
 	ld := &v1alpha1.LocalDisk{
 		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.GroupVersion.String(), Kind: v1alpha1.Kind},
 		ObjectMeta: metav1.ObjectMeta{Name: pvName, UID: "ld-uid"},
-		Spec:       v1alpha1.LocalDiskSpec{NodeName: "node-a", Path: "/mnt/tidb-localpv/tikv-ssd/disk0", StorageClassName: "tikv-ssd", DiskID: "fs-000000000001"},
+		Spec:       v1alpha1.LocalDiskSpec{NodeName: "node-a", Path: "/mnt/tidb-localpv/tikv/disk0", StorageClassName: "tidb-localpv-tikv", DiskID: "fs-000000000001"},
 		Status:     v1alpha1.LocalDiskStatus{Phase: v1alpha1.PhaseBound},
 	}
 	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(ld)

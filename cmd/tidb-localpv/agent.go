@@ -51,7 +51,7 @@ reclaimPolicy Delete it wipes the disk and publishes it again.`,
 	f := cmd.Flags()
 	o.kube.register(cmd)
 	f.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "name of this node's Node object (default $NODE_NAME, set from the downward API)")
-	f.StringArrayVar(&o.discoveryDirs, "discovery-dir", []string{"tikv-ssd=/mnt/tidb-localpv/tikv-ssd", "pd-ssd=/mnt/tidb-localpv/pd-ssd"},
+	f.StringArrayVar(&o.discoveryDirs, "discovery-dir", []string{"tidb-localpv-tikv=/mnt/tidb-localpv/tikv", "tidb-localpv-pd=/mnt/tidb-localpv/pd"},
 		"<storage-class>=<directory>: every mount point directly under the directory is a disk of that class (repeatable)")
 	f.StringVar(&o.inventory, "inventory", "tidb-localpv/tidb-localpv-inventory", "<namespace>/<name> of the inventory ConfigMap (key "+discovery.InventoryKey+")")
 	f.StringVar(&o.stateDir, "state-dir", "/var/lib/tidb-localpv", "host directory for wipe records of block disks; must survive agent restarts")

@@ -70,7 +70,7 @@ cluster; 4 tidb-localpv (its LocalDisk CRD) is not installed; 5 not allowed
 to list LocalDisks; 1 anything else.`,
 		Example: `  tidb-localpv disks
   tidb-localpv disks -o wide --node node-a
-  tidb-localpv disks -l tidb-localpv.io/class=tikv-ssd -o yaml
+  tidb-localpv disks -l tidb-localpv.io/class=tidb-localpv-tikv -o yaml
   kubectl tidb-localpv disks --context prod`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd) },
@@ -78,7 +78,7 @@ to list LocalDisks; 1 anything else.`,
 	o.kube.register(cmd)
 	f := cmd.Flags()
 	f.StringVar(&o.node, "node", "", "only this node's disks")
-	f.StringVarP(&o.selector, "selector", "l", "", "label selector (e.g. tidb-localpv.io/class=tikv-ssd)")
+	f.StringVarP(&o.selector, "selector", "l", "", "label selector (e.g. tidb-localpv.io/class=tidb-localpv-tikv)")
 	f.StringVarP(&o.output, "output", "o", "", "output format: wide, json or yaml (default: a table)")
 	return cmd
 }

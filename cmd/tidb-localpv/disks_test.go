@@ -18,9 +18,9 @@ var now = time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 func sampleDisks() []v1alpha1.LocalDisk {
 	at := metav1.NewTime(now.Add(-time.Hour))
 	return []v1alpha1.LocalDisk{
-		{ObjectMeta: metav1.ObjectMeta{Name: "b"}, Spec: v1alpha1.LocalDiskSpec{NodeName: "node-b", Path: "/mnt/tidb-localpv/tikv-ssd/disk0", StorageClassName: "tikv-ssd", DiskID: "fs-2"},
+		{ObjectMeta: metav1.ObjectMeta{Name: "b"}, Spec: v1alpha1.LocalDiskSpec{NodeName: "node-b", Path: "/mnt/tidb-localpv/tikv/disk0", StorageClassName: "tidb-localpv-tikv", DiskID: "fs-2"},
 			Status: v1alpha1.LocalDiskStatus{Phase: v1alpha1.PhaseForeign, Reason: "HoldsDataWithoutIdentity", Message: "empty the disk to have it published", Since: &at}},
-		{ObjectMeta: metav1.ObjectMeta{Name: "a"}, Spec: v1alpha1.LocalDiskSpec{NodeName: "node-a", Path: "/mnt/tidb-localpv/tikv-ssd/disk0", StorageClassName: "tikv-ssd", DiskID: "fs-1"},
+		{ObjectMeta: metav1.ObjectMeta{Name: "a"}, Spec: v1alpha1.LocalDiskSpec{NodeName: "node-a", Path: "/mnt/tidb-localpv/tikv/disk0", StorageClassName: "tidb-localpv-tikv", DiskID: "fs-1"},
 			Status: v1alpha1.LocalDiskStatus{Phase: v1alpha1.PhaseBound, Reason: "Bound", Capacity: "10Gi", PersistentVolume: "tlpv-node-a-disk0-1", Claim: "tidb/tikv-demo-tikv-0",
 				Owner:    &v1alpha1.Owner{Name: "TiKV store 7", Component: "tikv", Pod: "tidb/demo-tikv-0", ClaimUID: "u", StoreID: 7, PDClusterID: "7714128303309438701", State: "Up"},
 				Health:   &v1alpha1.Health{State: "Healthy", Since: at},
@@ -34,7 +34,7 @@ func TestPrintDisks_ShowsEveryDiskSortedByNodeWithWhyItIsNotPublished(t *testing
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	require.Len(t, lines, 3)
 	require.Equal(t, []string{"NODE", "PATH", "CLASS", "CAPACITY", "PHASE", "CLAIM", "OWNER", "STATE", "HEALTH", "REASON"}, strings.Fields(lines[0]))
-	require.Equal(t, []string{"node-a", "/mnt/tidb-localpv/tikv-ssd/disk0", "tikv-ssd", "10Gi", "Bound", "tidb/tikv-demo-tikv-0", "TiKV", "store", "7", "(tidb/demo-tikv-0)", "Up", "Healthy", "Bound"}, strings.Fields(lines[1]))
+	require.Equal(t, []string{"node-a", "/mnt/tidb-localpv/tikv/disk0", "tidb-localpv-tikv", "10Gi", "Bound", "tidb/tikv-demo-tikv-0", "TiKV", "store", "7", "(tidb/demo-tikv-0)", "Up", "Healthy", "Bound"}, strings.Fields(lines[1]))
 	require.Contains(t, lines[2], "Foreign")
 	require.Contains(t, lines[2], "HoldsDataWithoutIdentity")
 }

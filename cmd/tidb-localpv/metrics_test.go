@@ -71,7 +71,7 @@ func agentCollectors(t *testing.T) []prometheus.Collector {
 	registerProcessMetrics(reg)
 	root := t.TempDir()
 	_, err := daemon.New(daemon.Config{
-		NodeName: "n1", Roots: discovery.Roots{{Class: "tikv-ssd", Dir: filepath.Join(root, "tikv-ssd")}},
+		NodeName: "n1", Roots: discovery.Roots{{Class: "tidb-localpv-tikv", Dir: filepath.Join(root, "tidb-localpv-tikv")}},
 		InventoryNamespace: "tidb-localpv", InventoryName: "inv", StateDir: filepath.Join(root, "state"), ResyncPeriod: time.Minute,
 	}, daemon.Deps{Client: fake.NewClientset(), Registry: reg})
 	require.NoError(t, err)

@@ -20,14 +20,14 @@ import (
 	"github.com/tidb-localpv/tidb-localpv/provisioner"
 )
 
-// mountDisks gives every node real disks: tmpfs mounts under the tikv-ssd
+// mountDisks gives every node real disks: tmpfs mounts under the tidb-localpv-tikv
 // discovery directory, found by the agents through mount-table events.
 func (s *story) mountDisks() error {
-	s.say("running as root: mounting %d tmpfs disks (64 MiB) per node under its tikv-ssd discovery directory", disksPerNode)
+	s.say("running as root: mounting %d tmpfs disks (64 MiB) per node under its tidb-localpv-tikv discovery directory", disksPerNode)
 	s.mounted = map[string]bool{}
 	for _, n := range s.nodes {
 		for i := range disksPerNode {
-			dir, err := n.MountDisk("tikv-ssd", fmt.Sprintf("disk%d", i), "64m")
+			dir, err := n.MountDisk("tidb-localpv-tikv", fmt.Sprintf("disk%d", i), "64m")
 			if err != nil {
 				return err
 			}
@@ -50,11 +50,11 @@ func (s *story) inventoryDirs(ctx context.Context) error {
 	doc.WriteString("disks:\n")
 	for _, n := range s.nodes {
 		for i := range disksPerNode {
-			dir := filepath.Join(n.ClassDir("tikv-ssd"), fmt.Sprintf("disk%d", i))
+			dir := filepath.Join(n.ClassDir("tidb-localpv-tikv"), fmt.Sprintf("disk%d", i))
 			if err := os.MkdirAll(dir, 0o755); err != nil {
 				return err
 			}
-			fmt.Fprintf(&doc, "- node: %s\n  path: %s\n  storageClass: tikv-ssd\n  allowNonMountPoint: true\n", n.Name, dir)
+			fmt.Fprintf(&doc, "- node: %s\n  path: %s\n  storageClass: tidb-localpv-tikv\n  allowNonMountPoint: true\n", n.Name, dir)
 		}
 	}
 	if _, err := s.env.SetInventory(ctx, doc.String()); err != nil {

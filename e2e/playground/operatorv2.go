@@ -122,7 +122,7 @@ func (s *story) addV2Nodes(ctx context.Context) error {
 	if s.root {
 		for _, n := range added {
 			for i := range disksPerNode {
-				dir, err := n.MountDisk("tikv-ssd", fmt.Sprintf("disk%d", i), "64m")
+				dir, err := n.MountDisk("tidb-localpv-tikv", fmt.Sprintf("disk%d", i), "64m")
 				if err != nil {
 					return err
 				}

@@ -184,12 +184,12 @@ func (s *realStory) inventory(ctx context.Context) error {
 		return err
 	}
 	s.dev = dev
-	if _, err := s.env.SetInventory(ctx, fmt.Sprintf("disks:\n- node: node-a\n  device: %s\n  storageClass: tikv-ssd\n  format: true\n", dev)); err != nil {
+	if _, err := s.env.SetInventory(ctx, fmt.Sprintf("disks:\n- node: node-a\n  device: %s\n  storageClass: tidb-localpv-tikv\n  format: true\n", dev)); err != nil {
 		return err
 	}
-	s.say("inventory: %s on node-a, tikv-ssd, format: true", dev)
+	s.say("inventory: %s on node-a, tidb-localpv-tikv, format: true", dev)
 	began := time.Now()
-	path := "/mnt/tidb-localpv/tikv-ssd/" + filepath.Base(dev)
+	path := "/mnt/tidb-localpv/tikv/" + filepath.Base(dev)
 	if err := s.waitFor(ctx, "its PV", 2*time.Minute, func() (bool, error) {
 		pvs, err := s.env.Cluster.Client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{LabelSelector: labels.Set{provisioner.LabelNode: "node-a"}.String()})
 		if err != nil {

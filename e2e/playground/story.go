@@ -148,7 +148,7 @@ func (s *story) bind(ctx context.Context) error {
 	if _, err := s.env.Cluster.Client.AppsV1().StatefulSets("default").Create(ctx, s.sts, metav1.CreateOptions{}); err != nil {
 		return err
 	}
-	s.say("created StatefulSet %s (%d replicas, volumeClaimTemplate \"tikv\", StorageClass tikv-ssd, WaitForFirstConsumer,", s.sts.Name, replicas)
+	s.say("created StatefulSet %s (%d replicas, volumeClaimTemplate \"tikv\", StorageClass tidb-localpv-tikv, WaitForFirstConsumer,", s.sts.Name, replicas)
 	s.say("preferably one pod per node)")
 	began := time.Now()
 	c := s.env.Cluster.Client.CoreV1()
@@ -319,7 +319,7 @@ func (s *story) instructions() {
 	s.say("  kubectl scale statefulset %s --replicas=%d", s.sts.Name, tikvReplicas-1)
 	s.say("  kubectl delete pvc %s", sim.ClaimName("tikv", s.sts.Name, tikvReplicas-1))
 	if s.root {
-		dir := filepath.Join(live.ClassDir("tikv-ssd"), "disk9")
+		dir := filepath.Join(live.ClassDir("tidb-localpv-tikv"), "disk9")
 		s.say("Add a disk to %s and watch it appear:", live.Name)
 		s.say("  mkdir -p %s && mount -t tmpfs -o size=64m tmpfs %s", dir, dir)
 	}

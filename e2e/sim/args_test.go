@@ -14,7 +14,7 @@ func TestReadContainerArgs_ExpandsEnvLikeTheKubelet(t *testing.T) {
 
 	agent, err := ReadContainerArgs(filepath.Join(root, agentDaemonSet))
 	require.NoError(t, err)
-	require.Contains(t, agent, "--discovery-dir=tikv-ssd=/mnt/tidb-localpv/tikv-ssd")
+	require.Contains(t, agent, "--discovery-dir=tidb-localpv-tikv=/mnt/tidb-localpv/tikv")
 	require.Contains(t, agent, "--inventory="+Namespace+"/"+InventoryName)
 
 	controller, err := ReadContainerArgs(filepath.Join(root, controllerDeployment))

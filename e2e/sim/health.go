@@ -70,7 +70,7 @@ func (n *Node) WaitAgentReady(ctx context.Context, timeout time.Duration) error 
 
 // Metric reads one sample of the current agent's /metrics: the line whose
 // series is name, optionally with exactly the given label set (e.g.
-// `{class="tikv-ssd",state="bound"}`). A missing series is an error.
+// `{class="tidb-localpv-tikv",state="bound"}`). A missing series is an error.
 func (n *Node) Metric(ctx context.Context, series string) (float64, error) {
 	body, code, err := n.get(ctx, "/metrics")
 	if err != nil {

@@ -49,6 +49,13 @@ func (n *Node) Path(hostPath string) string { return filepath.Join(n.Root, hostP
 // ClassDir is the discovery directory of a StorageClass on this node, as
 // the DaemonSet configures it.
 func (n *Node) ClassDir(class string) string {
+	for _, a := range n.env.AgentArgs {
+		if v, ok := strings.CutPrefix(a, "--discovery-dir="); ok {
+			if c, dir, _ := strings.Cut(v, "="); c == class {
+				return n.Path(dir)
+			}
+		}
+	}
 	return n.Path("/mnt/tidb-localpv/" + class)
 }
 

@@ -88,8 +88,8 @@ type V2Options struct {
 	// simulator as members named after the instances. 0 leaves PD to the
 	// simulator's own member (no PD pods).
 	PDReplicas int
-	// StorageClass of the TiKV data volume (default tikv-ssd); PD's is
-	// PDStorageClass (default pd-ssd).
+	// StorageClass of the TiKV data volume (default tidb-localpv-tikv); PD's is
+	// PDStorageClass (default tidb-localpv-pd).
 	StorageClass, PDStorageClass string
 	PD                           pdsim.Options
 	// PDListen is the simulator's listen address ("" picks a free
@@ -209,10 +209,10 @@ func (e *Env) StartV2(ctx context.Context, opts V2Options) (_ *V2, err error) {
 		opts.PDGroup = opts.Cluster
 	}
 	if opts.StorageClass == "" {
-		opts.StorageClass = "tikv-ssd"
+		opts.StorageClass = "tidb-localpv-tikv"
 	}
 	if opts.PDStorageClass == "" {
-		opts.PDStorageClass = "pd-ssd"
+		opts.PDStorageClass = "tidb-localpv-pd"
 	}
 	if opts.Resync <= 0 {
 		opts.Resync = 100 * time.Millisecond

@@ -17,7 +17,7 @@ import (
 )
 
 // TiKVStatefulSet is a TiKV-like StatefulSet <name>-tikv in namespace
-// default: one tikv-ssd volume (claim template "tikv") per pod, pods
+// default: one tidb-localpv-tikv volume (claim template "tikv") per pod, pods
 // labelled as tidb-operator labels TiKV.
 func TiKVStatefulSet(name string, replicas int32) *appsv1.StatefulSet {
 	lbl := map[string]string{"app.kubernetes.io/component": "tikv", "app.kubernetes.io/instance": name}
@@ -41,7 +41,7 @@ func TiKVStatefulSet(name string, replicas int32) *appsv1.StatefulSet {
 				ObjectMeta: metav1.ObjectMeta{Name: "tikv"},
 				Spec: corev1.PersistentVolumeClaimSpec{
 					AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-					StorageClassName: ptr.To("tikv-ssd"),
+					StorageClassName: ptr.To("tidb-localpv-tikv"),
 					Resources: corev1.VolumeResourceRequirements{
 						Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("16Mi")},
 					},
