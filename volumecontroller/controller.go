@@ -50,6 +50,28 @@ type Deps struct {
 	Clock    clock.Clock
 	Recorder record.EventRecorder
 	Registry prometheus.Registerer
+	// Caches, when set, replace the informers: the caller fills them and
+	// drives reconciles with SyncPV (a simulation replaying a history, a
+	// test deciding when caches catch up). Nil means informers, as deployed.
+	Caches *Caches
+}
+
+// Caches are the stores the controller reads its decisions from, for a
+// caller that fills them itself. NewCaches puts the controller's indexes on
+// them.
+type Caches struct {
+	PVs, PVCs, Pods, Nodes cache.Indexer
+}
+
+// NewCaches returns empty stores carrying the indexes the controller uses.
+func NewCaches() *Caches {
+	ns := cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}
+	return &Caches{
+		PVs:   cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{pvsByNode: pvNode}),
+		PVCs:  cache.NewIndexer(cache.MetaNamespaceKeyFunc, ns),
+		Pods:  cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc, podsByClaim: claimsOfPod}),
+		Nodes: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
+	}
 }
 
 // Indexes.
@@ -70,6 +92,8 @@ type Controller struct {
 	factories  []informers.SharedInformerFactory
 	pvInf      cache.SharedIndexInformer
 	podInf     cache.SharedIndexInformer
+	pvIndex    cache.Indexer // pvInf's, or the caller's Caches.PVs
+	podIndex   cache.Indexer // podInf's, or the caller's Caches.Pods
 	pvLister   corelisters.PersistentVolumeLister
 	pvcLister  corelisters.PersistentVolumeClaimLister
 	podLister  corelisters.PodLister
@@ -105,13 +129,31 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 	}
 	c.pd = newPDView(deps.Dial, cfg.PDCacheTTL, deps.Clock)
 
+	if deps.Caches != nil {
+		cs := deps.Caches
+		c.pvIndex, c.podIndex = cs.PVs, cs.Pods
+		c.pvLister = corelisters.NewPersistentVolumeLister(cs.PVs)
+		c.podLister = corelisters.NewPodLister(cs.Pods)
+		c.pvcLister = corelisters.NewPersistentVolumeClaimLister(cs.PVCs)
+		c.nodeLister = corelisters.NewNodeLister(cs.Nodes)
+		return c, nil
+	}
+	if err := c.informers(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// informers sets up the caches as deployed: watches of our PVs, TiKV and PD
+// pods, claims and nodes, each change enqueueing the PVs it concerns.
+func (c *Controller) informers() error {
 	ours, err := labels.NewRequirement(provisioner.LabelDisk, selection.Exists, nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	tidbPods, err := labels.NewRequirement(labelComponent, selection.In, []string{ComponentTiKV, ComponentPD})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	pvF := informers.NewSharedInformerFactoryWithOptions(c.client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.LabelSelector = labels.NewSelector().Add(*ours).String()
@@ -129,17 +171,12 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 	c.podInf = podF.Core().V1().Pods().Informer()
 	pvcInf := allF.Core().V1().PersistentVolumeClaims().Informer()
 	nodeInf := allF.Core().V1().Nodes().Informer()
-	if err := c.pvInf.AddIndexers(cache.Indexers{pvsByNode: func(obj any) ([]string, error) {
-		pv, ok := obj.(*corev1.PersistentVolume)
-		if !ok {
-			return nil, nil
-		}
-		return []string{pv.Labels[provisioner.LabelNode]}, nil
-	}}); err != nil {
-		return nil, err
+	c.pvIndex, c.podIndex = c.pvInf.GetIndexer(), c.podInf.GetIndexer()
+	if err := c.pvInf.AddIndexers(cache.Indexers{pvsByNode: pvNode}); err != nil {
+		return err
 	}
 	if err := c.podInf.AddIndexers(cache.Indexers{podsByClaim: claimsOfPod}); err != nil {
-		return nil, err
+		return err
 	}
 	c.pvLister = pvF.Core().V1().PersistentVolumes().Lister()
 	c.podLister = podF.Core().V1().Pods().Lister()
@@ -175,10 +212,18 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 				fn(obj)
 			},
 		}); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return c, nil
+	return nil
+}
+
+func pvNode(obj any) ([]string, error) {
+	pv, ok := obj.(*corev1.PersistentVolume)
+	if !ok {
+		return nil, nil
+	}
+	return []string{pv.Labels[provisioner.LabelNode]}, nil
 }
 
 func claimsOfPod(obj any) ([]string, error) {
@@ -227,7 +272,7 @@ func (c *Controller) enqueueNode(obj any) {
 	if !ok {
 		return
 	}
-	pvs, err := c.pvInf.GetIndexer().ByIndex(pvsByNode, node.Name)
+	pvs, err := c.pvIndex.ByIndex(pvsByNode, node.Name)
 	if err != nil {
 		return
 	}
@@ -239,6 +284,7 @@ func (c *Controller) enqueueNode(obj any) {
 // Start starts the informers and waits for their caches; standbys run it
 // too, so that a new leader acts on a warm cache at once.
 func (c *Controller) Start(ctx context.Context) error {
+	// With caller-filled Caches there is nothing to start or wait for.
 	for _, f := range c.factories {
 		f.Start(ctx.Done())
 	}
@@ -270,6 +316,17 @@ func (c *Controller) Run(ctx context.Context) {
 	<-ctx.Done()
 	log.Info("volume-controller stopped leading")
 }
+
+// SyncPV reconciles one PV exactly as a worker does, without the queue's
+// retries: for a caller that fills Caches and drives reconciles itself. ctx
+// is the leader's context, as in Run.
+func (c *Controller) SyncPV(ctx context.Context, name string) error {
+	return c.sync(ctx, name)
+}
+
+// ShutDown releases the work queue of a controller driven by SyncPV (Run
+// shuts it down itself).
+func (c *Controller) ShutDown() { c.queue.ShutDown() }
 
 // poll re-reads every PV; PD has no watch API, so owners' states are polled.
 func (c *Controller) poll(ctx context.Context) {

@@ -250,7 +250,7 @@ func (c *Controller) syncReleased(ctx context.Context, pv *corev1.PersistentVolu
 
 // mountingPod is the pod (TiKV or PD, from the cache) that mounts the claim.
 func (c *Controller) mountingPod(pvc *corev1.PersistentVolumeClaim) *corev1.Pod {
-	objs, err := c.podInf.GetIndexer().ByIndex(podsByClaim, pvc.Namespace+"/"+pvc.Name)
+	objs, err := c.podIndex.ByIndex(podsByClaim, pvc.Namespace+"/"+pvc.Name)
 	if err != nil {
 		return nil
 	}
