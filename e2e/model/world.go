@@ -176,10 +176,10 @@ type world struct {
 	other *modelPD
 	// faultUntil is the step PD's endpoint fault ends at.
 	faultUntil int
-	nodes []*node
-	disks []*disk
-	sets  []*set
-	procs map[string]*process // by pod UID
+	nodes      []*node
+	disks      []*disk
+	sets       []*set
+	procs      map[string]*process // by pod UID
 
 	policy volumecontroller.Policy
 	ctrls  [2]*ctrlInstance
