@@ -217,3 +217,20 @@ func TestMemberFacts_AMemberGoneWithAllItsPeersIsUnknown(t *testing.T) {
 	f = memberFacts(renamed, nil, rec)
 	require.True(t, f.Removed, "a new member under the old name is not the recorded one")
 }
+
+// Found by the model check (e2e/model, seeds 31 and 33 at 600 steps): the
+// PV of a TiKV or PD disk whose owner was never confirmed, released with
+// Retain on a node deleted past the grace, was deleted; when the node came
+// back, the agent found a disk with data and no PV, and wiped it — the data
+// of a store PD had never buried.
+func TestDecideReleased_KeepsTheUnownedPVOfADeadNodesTiKVOrPDDisk(t *testing.T) {
+	dead := NodeFacts{Gone: true, GoneFor: time.Hour}
+	for _, comp := range []string{ComponentTiKV, ComponentPD} {
+		t.Run(comp, func(t *testing.T) {
+			d := testPolicy.DecideReleased(ReleasedInput{Component: comp, Node: dead})
+			require.Equal(t, ActNone, d.Action, d.Reason)
+			require.True(t, d.Warn)
+			require.Equal(t, "owner-unknown", d.Refusal)
+		})
+	}
+}
