@@ -262,11 +262,13 @@ func (p Policy) DecideReleased(in ReleasedInput) Decision {
 		return Decision{Action: ActApprove, Reason: fmt.Sprintf("%s is %s", in.Owner, ownerGoneWord(Input{Component: in.Component, Facts: in.Facts}))}
 	case in.Owned && in.Approved && !in.ReclaimDelete:
 		return Decision{Action: ActReclaimDelete, Reason: "the wipe was approved for this claim but the reclaim policy was set back to Retain (TiDB Operator restores its pvReclaimPolicy); a disk whose owner is gone is recycled"}
-	case dead && in.Node.Gone:
-		return Decision{Action: ActDeletePV, Reason: why + "; no agent is left to wipe the disk, and a disk that comes back is wiped before reuse"}
 	case !in.Owned && !in.ReclaimDelete && (in.Component == ComponentTiKV || in.Component == ComponentPD):
+		// Before the dead-node rule: without its PV, the disk would be
+		// wiped as an orphan when its node comes back.
 		return Decision{Action: ActNone, Warn: true, Refusal: "owner-unknown",
 			Reason: fmt.Sprintf("the claim of this %s disk was deleted, but no owner was ever confirmed in PD for it; the disk keeps its data (reclaimPolicy %s). If its data is no longer needed, delete the PV; the disk is wiped before it is published again", in.Component, "Retain")}
+	case dead && in.Node.Gone:
+		return Decision{Action: ActDeletePV, Reason: why + "; no agent is left to wipe the disk, and a disk that comes back is wiped before reuse"}
 	}
 	return Decision{Action: ActNone}
 }
