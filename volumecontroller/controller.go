@@ -56,24 +56,6 @@ type Deps struct {
 	Caches *Caches
 }
 
-// Caches are the stores the controller reads its decisions from, for a
-// caller that fills them itself. NewCaches puts the controller's indexes on
-// them.
-type Caches struct {
-	PVs, PVCs, Pods, Nodes cache.Indexer
-}
-
-// NewCaches returns empty stores carrying the indexes the controller uses.
-func NewCaches() *Caches {
-	ns := cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}
-	return &Caches{
-		PVs:   cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{pvsByNode: pvNode}),
-		PVCs:  cache.NewIndexer(cache.MetaNamespaceKeyFunc, ns),
-		Pods:  cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc, podsByClaim: claimsOfPod}),
-		Nodes: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
-	}
-}
-
 // Indexes.
 const (
 	podsByClaim = "claim" // "<namespace>/<claim>"
@@ -130,12 +112,7 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 	c.pd = newPDView(deps.Dial, cfg.PDCacheTTL, deps.Clock)
 
 	if deps.Caches != nil {
-		cs := deps.Caches
-		c.pvIndex, c.podIndex = cs.PVs, cs.Pods
-		c.pvLister = corelisters.NewPersistentVolumeLister(cs.PVs)
-		c.podLister = corelisters.NewPodLister(cs.Pods)
-		c.pvcLister = corelisters.NewPersistentVolumeClaimLister(cs.PVCs)
-		c.nodeLister = corelisters.NewNodeLister(cs.Nodes)
+		c.useCaches(deps.Caches)
 		return c, nil
 	}
 	if err := c.informers(); err != nil {
@@ -184,38 +161,37 @@ func (c *Controller) informers() error {
 	c.nodeLister = allF.Core().V1().Nodes().Lister()
 	c.synced = []cache.InformerSynced{c.pvInf.HasSynced, c.podInf.HasSynced, pvcInf.HasSynced, nodeInf.HasSynced}
 
-	handlers := []struct {
-		inf cache.SharedIndexInformer
-		fn  func(any)
-	}{
-		{c.pvInf, c.enqueuePV},
-		{pvcInf, c.enqueueClaim},
-		{c.podInf, c.enqueuePod},
-		{nodeInf, c.enqueueNode},
-	}
-	for _, h := range handlers {
-		fn := h.fn
-		if _, err := h.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc: fn,
-			UpdateFunc: func(old, cur any) {
-				if o, ok := old.(metav1.Object); ok {
-					if n, ok := cur.(metav1.Object); ok && o.GetResourceVersion() == n.GetResourceVersion() {
-						return
-					}
-				}
-				fn(cur)
-			},
-			DeleteFunc: func(obj any) {
-				if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-					obj = d.Obj
-				}
-				fn(obj)
-			},
-		}); err != nil {
+	for inf, h := range map[cache.SharedIndexInformer]cache.ResourceEventHandler{
+		c.pvInf: c.handler(c.enqueuePV), pvcInf: c.handler(c.enqueueClaim),
+		c.podInf: c.handler(c.enqueuePod), nodeInf: c.handler(c.enqueueNode),
+	} {
+		if _, err := inf.AddEventHandler(h); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// handler turns an enqueue function into event handlers; resyncs of an
+// unchanged object are dropped.
+func (c *Controller) handler(fn func(any)) cache.ResourceEventHandlerFuncs {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: fn,
+		UpdateFunc: func(old, cur any) {
+			if o, ok := old.(metav1.Object); ok {
+				if n, ok := cur.(metav1.Object); ok && o.GetResourceVersion() == n.GetResourceVersion() {
+					return
+				}
+			}
+			fn(cur)
+		},
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			fn(obj)
+		},
+	}
 }
 
 func pvNode(obj any) ([]string, error) {
