@@ -248,6 +248,13 @@ func (c *Controller) enqueueNode(obj any) {
 	if !ok {
 		return
 	}
+	// Whatever happened to the node, an absence seen before it is over:
+	// the dead-node grace counts from the next sync that finds it missing.
+	// Standbys see these events too, so a new leader never acts on an
+	// absence it saw before the node came back.
+	c.mu.Lock()
+	delete(c.goneAt, node.Name)
+	c.mu.Unlock()
 	pvs, err := c.pvIndex.ByIndex(pvsByNode, node.Name)
 	if err != nil {
 		return
