@@ -1,6 +1,7 @@
 package model
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -140,6 +141,9 @@ func (s *apiServer) write(gvr schema.GroupVersionResource, obj runtime.Object, n
 }
 
 func (s *apiServer) Delete(gvr schema.GroupVersionResource, ns, name string, opts ...metav1.DeleteOptions) error {
+	if name == "" {
+		return errEmptyName
+	}
 	cur, err := s.ObjectTracker.Get(gvr, ns, name)
 	if err != nil {
 		return err
@@ -182,6 +186,17 @@ func (s *apiServer) markDeleted(gvr schema.GroupVersionResource, obj runtime.Obj
 	m.SetResourceVersion(s.nextRV())
 	return s.ObjectTracker.Update(gvr, obj, ns)
 }
+
+// Get refuses an empty name as client-go does ("resource name may not be
+// empty"); the fake tracker would answer NotFound, which reads as "gone".
+func (s *apiServer) Get(gvr schema.GroupVersionResource, ns, name string, opts ...metav1.GetOptions) (runtime.Object, error) {
+	if name == "" {
+		return nil, errEmptyName
+	}
+	return s.ObjectTracker.Get(gvr, ns, name, opts...)
+}
+
+var errEmptyName = errors.New("resource name may not be empty")
 
 func (s *apiServer) List(gvr schema.GroupVersionResource, gvk schema.GroupVersionKind, ns string, opts ...metav1.ListOptions) (runtime.Object, error) {
 	list, err := s.ObjectTracker.List(gvr, gvk, ns, opts...)

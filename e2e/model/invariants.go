@@ -649,13 +649,14 @@ func (w *world) wipeStarted(how string, d *disk, pv *corev1.PersistentVolume) {
 	}
 }
 
-// sanctioned: the design lets the agent wipe a disk for lack of a PV when
-// no owner was ever recorded for its data (DESIGN, safety rules) — here
-// only after a person deleted its PV, which is how a disk with data loses
-// it. The model counts these: the data may have been a live store's that
-// the controller never got to confirm.
+// sanctioned: the design lets the agent wipe a disk whose owner was never
+// recorded when its operator gave it up — a person deleted its PV (DESIGN:
+// a disk with data and no PV is wiped when no owner was ever recorded), or
+// TiDB Operator set its PV to reclaimPolicy Delete (the agent honours a
+// Delete it did not set). The model counts these: the data may have been a
+// live store's that the controller never got to confirm.
 func (w *world) sanctioned(how string, d *disk, need []*datum) bool {
-	if how != "orphan" {
+	if how != "orphan" && how != "delete" {
 		return false
 	}
 	for _, x := range need {
@@ -663,7 +664,7 @@ func (w *world) sanctioned(how string, d *disk, need []*datum) bool {
 			return false
 		}
 	}
-	w.stats.count("design-sanctioned wipes of unrecorded data after a PV was deleted by hand")
+	w.stats.count("wipes of never-recorded data its operator gave up (design-sanctioned)")
 	return true
 }
 

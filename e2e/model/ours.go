@@ -95,15 +95,7 @@ func (w *world) ctrlStep() {
 		return
 	}
 	ci := w.ctrls[w.leader]
-	fill(ci.caches.PVs, w.view(resPV, ci.last), func(o runtime.Object) bool {
-		return o.(*corev1.PersistentVolume).Labels[provisioner.LabelDisk] != ""
-	})
-	fill(ci.caches.PVCs, w.view(resPVC, ci.last), nil)
-	fill(ci.caches.Pods, w.view(resPod, ci.last), func(o runtime.Object) bool {
-		c := o.(*corev1.Pod).Labels[labelComponent]
-		return c == compTiKV || c == compPD
-	})
-	fill(ci.caches.Nodes, w.view(resNode, ci.last), nil)
+	w.informCtrl(ci)
 	names := ci.caches.PVs.ListKeys()
 	sort.Strings(names)
 	w.logf("%s syncs %d PVs", ci.name, len(names))
@@ -117,15 +109,32 @@ func (w *world) ctrlStep() {
 	}
 }
 
-func fill(idx cache.Indexer, objs []runtime.Object, keep func(runtime.Object) bool) {
-	var items []any
-	for _, o := range objs {
-		if keep == nil || keep(o) {
-			items = append(items, o.DeepCopyObject())
+// informCtrl is a controller's informers catching up (with the lag they
+// may have); standbys run them too.
+func (w *world) informCtrl(ci *ctrlInstance) {
+	fill(ci.caches.PVs, w.views(resPV, ci.last), func(o runtime.Object) bool {
+		return o.(*corev1.PersistentVolume).Labels[provisioner.LabelDisk] != ""
+	})
+	fill(ci.caches.PVCs, w.views(resPVC, ci.last), nil)
+	fill(ci.caches.Pods, w.views(resPod, ci.last), func(o runtime.Object) bool {
+		c := o.(*corev1.Pod).Labels[labelComponent]
+		return c == compTiKV || c == compPD
+	})
+	fill(ci.caches.Nodes, w.views(resNode, ci.last), nil)
+}
+
+// fill brings a cache through the states it has not shown yet.
+func fill(idx cache.Indexer, states [][]runtime.Object, keep func(runtime.Object) bool) {
+	for _, objs := range states {
+		var items []any
+		for _, o := range objs {
+			if keep == nil || keep(o) {
+				items = append(items, o.DeepCopyObject())
+			}
 		}
-	}
-	if err := idx.Replace(items, ""); err != nil {
-		panic(err)
+		if err := idx.Replace(items, ""); err != nil {
+			panic(err)
+		}
 	}
 }
 
@@ -189,11 +198,11 @@ func (w *world) stopAgent(n *node) {
 func (w *world) agentStep(n *node) {
 	ai := n.agent
 	who := "agent/" + n.name
-	fill(ai.caches.PVs, w.view(resPV, ai.last), func(o runtime.Object) bool {
+	fill(ai.caches.PVs, w.views(resPV, ai.last), func(o runtime.Object) bool {
 		return o.(*corev1.PersistentVolume).Labels[provisioner.LabelNode] == n.name
 	})
-	fill(ai.caches.StorageClasses, w.view(resSC, ai.last), nil)
-	fill(ai.caches.Nodes, w.view(resNode, ai.last), func(o runtime.Object) bool {
+	fill(ai.caches.StorageClasses, w.views(resSC, ai.last), nil)
+	fill(ai.caches.Nodes, w.views(resNode, ai.last), func(o runtime.Object) bool {
 		return o.(*corev1.Node).Name == n.name
 	})
 	w.logf("%s reconciles", who)

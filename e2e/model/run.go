@@ -72,10 +72,15 @@ func Run(cfg Config, stats *Stats) (*Violation, string, error) {
 			w.pd.fault = faultNone
 			w.logf("PD endpoint: fault over")
 		}
+		before := w.pvVersions()
 		a.run(w)
+		w.informAgents(before, a.name)
 		w.pd.tick()
 		w.afterStep()
 		w.snapshot()
+		for _, ci := range w.ctrls {
+			w.informCtrl(ci) // informers run in every instance, leading or not
+		}
 		stats.Steps++
 	}
 	last := 40
@@ -89,6 +94,42 @@ func Run(cfg Config, stats *Stats) (*Violation, string, error) {
 		return nil, w.hist.render(nil, last), nil
 	}
 	return nil, "", nil
+}
+
+// pvVersions maps each PV to its node and resourceVersion.
+func (w *world) pvVersions() map[string][2]string {
+	out := map[string][2]string{}
+	for _, pv := range w.pvs() {
+		out[pv.Name] = [2]string{pv.Labels[provisioner.LabelNode], pv.ResourceVersion}
+	}
+	return out
+}
+
+// informAgents is the agents' PV informers: a change to a node's PVs
+// triggers a reconcile of its agent (if it runs), which may still see a
+// cache a few steps old.
+func (w *world) informAgents(before map[string][2]string, actor string) {
+	if actor == "agent" {
+		return // its own writes: the next event or resync brings it back
+	}
+	changed := map[string]bool{}
+	after := w.pvVersions()
+	for name, v := range after {
+		if before[name] != v {
+			changed[v[0]], changed[before[name][0]] = true, true
+		}
+	}
+	for name, v := range before {
+		if _, ok := after[name]; !ok {
+			changed[v[0]] = true
+		}
+	}
+	for _, n := range w.nodes {
+		if changed[n.name] && n.alive && n.agent != nil {
+			w.logf("(a PV of %s changed)", n.name)
+			w.agentStep(n)
+		}
+	}
 }
 
 // advance moves the clock: mostly seconds, sometimes minutes, now and
@@ -128,11 +169,7 @@ func (w *world) personStep() {
 		if pv, ok := pick(w, w.pvs()); ok && pv.DeletionTimestamp == nil {
 			w.must(w.api.Delete(resPV, "", pv.Name))
 			w.logf("person: kubectl delete pv %s (UID %s, %s)", pv.Name, pv.UID, pv.Status.Phase)
-			if d := w.diskOf(pv); d != nil {
-				for _, x := range d.data {
-					x.abandoned = true
-				}
-			}
+			w.abandon(pv)
 		}
 	case 4, 5:
 		w.editPV()
@@ -161,6 +198,17 @@ func (w *world) personStep() {
 				s.start = p.start.Time
 			}
 			w.logf("person: container of %s restarts", p.pod)
+		}
+	}
+}
+
+// abandon notes that an operator gave a PV's disk up: the data on it, and
+// what its pod writes while the PV lasts.
+func (w *world) abandon(pv *corev1.PersistentVolume) {
+	if d := w.diskOf(pv); d != nil {
+		d.abandonedPV = string(pv.UID)
+		for _, x := range d.data {
+			x.abandoned = true
 		}
 	}
 }

@@ -245,6 +245,11 @@ func (w *world) runWeb(p *process) {
 // write puts a datum on a disk as a real file.
 func (w *world) write(d *disk, x *datum) {
 	x.written = w.step
+	for _, pv := range w.pvs() {
+		if string(pv.UID) == d.abandonedPV {
+			x.abandoned = true
+		}
+	}
 	if err := os.WriteFile(filepath.Join(d.path, x.file), []byte(x.String()), 0o644); err != nil {
 		panic(err)
 	}
@@ -295,6 +300,7 @@ func (w *world) operatorStep() {
 			if pv := w.getPV(c.Spec.VolumeName); pv != nil && w.rng.IntN(2) == 0 {
 				pv.Spec.PersistentVolumeReclaimPolicy = corev1.PersistentVolumeReclaimDelete
 				w.put(pv)
+				w.abandon(pv)
 				w.logf("operator: sets PV %s to Delete", pv.Name)
 			}
 			w.must(w.api.Delete(resPVC, namespace, c.Name))

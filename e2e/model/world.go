@@ -104,6 +104,10 @@ type disk struct {
 	// unnamedSince is when the last PV naming the disk went (zero while
 	// one does).
 	unnamedSince time.Time
+	// abandonedPV is the UID of a PV of the disk that a person deleted or
+	// that TiDB Operator set to reclaimPolicy Delete: data written while
+	// it exists is given up by its operator.
+	abandonedPV string
 }
 
 // datum is data a process keeps on a disk: a real file named after its owner.
@@ -116,8 +120,8 @@ type datum struct {
 	written int
 	// recorded: the controller recorded this owner on a PV of the disk.
 	recorded bool
-	// abandoned: a person deleted a PV naming the disk (kubectl delete pv)
-	// after this data was written.
+	// abandoned: its operator gave the disk up (kubectl delete pv, or
+	// TiDB Operator's reclaimPolicy Delete) while this data was on it.
 	abandoned bool
 }
 
@@ -472,10 +476,13 @@ func (w *world) snapshot() {
 	}
 }
 
-// view picks what a cache shows of a resource: usually the latest state,
+// views picks what a cache shows of a resource: usually the latest state,
 // sometimes one a few steps old — never older than what it showed before
-// (an informer does not go back in time).
-func (w *world) view(gvr schema.GroupVersionResource, last map[schema.GroupVersionResource]int) []runtime.Object {
+// (an informer does not go back in time). It returns every state from the
+// one after the last shown up to the chosen one, in order: a watch
+// delivers each change, and handlers must see a node that came back and
+// went again.
+func (w *world) views(gvr schema.GroupVersionResource, last map[schema.GroupVersionResource]int) [][]runtime.Object {
 	i := len(w.snaps) - 1
 	if w.rng.IntN(4) == 0 {
 		i = w.rng.IntN(len(w.snaps))
@@ -483,8 +490,14 @@ func (w *world) view(gvr schema.GroupVersionResource, last map[schema.GroupVersi
 	for i < len(w.snaps)-1 && w.snaps[i].seq < last[gvr] {
 		i++
 	}
+	var out [][]runtime.Object
+	for j := 0; j <= i; j++ {
+		if w.snaps[j].seq > last[gvr] || (j == i && w.snaps[j].seq == last[gvr]) {
+			out = append(out, w.snaps[j].objects[gvr])
+		}
+	}
 	last[gvr] = w.snaps[i].seq
-	return w.snaps[i].objects[gvr]
+	return out
 }
 
 func (w *world) logf(format string, args ...any) {
