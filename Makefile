@@ -14,9 +14,11 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 CACHE     ?= $(or $(TIDB_LOCALPV_CACHE),$(HOME)/.cache/tidb-localpv)
 FUZZTIME  ?= 30s
 E2E_TIMEOUT ?= 60m
+MODELTIME ?= 60s
+SOAK      ?= 30m
 export TIDB_LOCALPV_CACHE := $(CACHE)
 
-.PHONY: all build test unit fuzz e2e e2e-prepare bench demo demo-smoke lint clean help
+.PHONY: all build test unit model soak fuzz e2e e2e-prepare bench demo demo-smoke lint clean help
 
 all: build
 
@@ -26,12 +28,19 @@ help:
 build: ## build bin/tidb-localpv
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN)/tidb-localpv ./cmd/tidb-localpv
 
-test: lint unit fuzz e2e demo-smoke ## the full suite (run as root to include the real-disk tests; CI=1 makes skipped root tests fail)
+test: lint unit model fuzz e2e demo-smoke ## the full suite (run as root to include the real-disk tests; CI=1 makes skipped root tests fail)
 	@echo "make test: all passed"
 
 unit: ## unit and root-only tests, with the race detector
 	@echo "== unit and root tests"
 	$(GO) test -race -count=1 ./...
+
+model: ## the model check of the safety invariants: fixed seeds, then random histories for $(MODELTIME); prints seeds and figures
+	@echo "== model check"
+	$(GO) test -count=1 -run '^TestModel$$' -timeout 15m -v ./e2e/model/ -args -model.duration=$(MODELTIME)
+
+soak: ## the model check for as long as asked (make soak SOAK=30m); prints histories × steps and what they exercised
+	$(GO) test -count=1 -run '^TestModel$$' -timeout 0 -v ./e2e/model/ -args -model.duration=$(SOAK)
 
 fuzz: ## bounded fuzzing of the parsers ($(FUZZTIME) each)
 	@echo "== fuzz: inventory parser"

@@ -597,20 +597,22 @@ func (w *world) checkWipes(how string, pv *corev1.PersistentVolume) {
 			w.violate(inv4, fmt.Sprintf("disk %s lost its marker (%v)", d.path, err), d.path)
 			continue
 		}
-		if m.State == discovery.StateWiping && d.markerState != discovery.StateWiping {
-			w.wipeStarted(how, d, pv)
-		}
-		if m.State == discovery.StateReady && d.markerState == discovery.StateWiping {
-			w.stats.count("wipes completed")
-		}
-		d.markerState = m.State
-		var kept []*datum
+		var kept, gone []*datum
 		for _, x := range d.data {
 			if _, err := os.Stat(filepath.Join(d.path, x.file)); errors.Is(err, os.ErrNotExist) {
-				w.dataWiped(how, d, x)
+				gone = append(gone, x)
 				continue
 			}
 			kept = append(kept, x)
+		}
+		// A wipe that ran to its end within one call shows only as data
+		// gone; one interrupted, as a marker left wiping.
+		if d.markerState != discovery.StateWiping && (m.State == discovery.StateWiping || len(gone) > 0) {
+			w.wipeStarted(how, d, pv)
+		}
+		d.markerState = m.State
+		for _, x := range gone {
+			w.dataWiped(how, d, x)
 		}
 		d.data = kept
 	}

@@ -71,8 +71,8 @@ func TestModel(t *testing.T) {
 			return
 		}
 	}
-	if stats.Count("wipes completed") == 0 || stats.Count("claims released") == 0 {
-		t.Errorf("the histories recycled nothing (wipes %d, releases %d): the model is not exercising the code", stats.Count("wipes completed"), stats.Count("claims released"))
+	if stats.Count("disks recycled (Wiped events)") == 0 || stats.Count("claims released") == 0 {
+		t.Errorf("the histories recycled nothing (wipes %d, releases %d): the model is not exercising the code", stats.Count("disks recycled (Wiped events)"), stats.Count("claims released"))
 	}
 }
 

@@ -46,11 +46,11 @@ func (w *world) newCtrl(name string) (*ctrlInstance, error) {
 	ci.ctx, ci.cancel = context.WithCancel(context.Background())
 	ci.cancel() // a standby: not leading
 	ci.client = w.api.clientset(w.ourHook(name, func() context.Context { return ci.ctx }, func() {
-		if w.rng.IntN(60) == 0 {
+		if w.rng.IntN(400) == 0 {
 			w.logf("%s loses the lease in the middle of an action", name)
 			w.stats.count("lease lost mid-action")
 			ci.stop()
-			w.leader = -1
+			w.leader, w.leaderLost = -1, w.clock.Now()
 		}
 	}))
 	tmpl, err := pd.ParseEndpointTemplate(pd.DefaultEndpointTemplate)
@@ -322,6 +322,9 @@ func (r *recorder) Event(obj runtime.Object, typ, reason, msg string) {
 		name = ref.Kind + "/" + ref.Name
 	}
 	r.w.hist.event(fmt.Sprintf("  event %s %s %s on %s: %s", r.who, typ, reason, name, msg))
+	if reason == daemon.ReasonWiped {
+		r.w.stats.count("disks recycled (Wiped events)")
+	}
 }
 
 func (r *recorder) Eventf(obj runtime.Object, typ, reason, format string, args ...any) {

@@ -22,7 +22,7 @@ type actor struct {
 // plays around them.
 var actors = []actor{
 	{"controller", 14, (*world).ctrlStep},
-	{"agent", 14, func(w *world) {
+	{"agent", 10, func(w *world) {
 		var up []*node
 		for _, n := range w.nodes {
 			if n.alive && n.agent != nil {
@@ -33,18 +33,22 @@ var actors = []actor{
 			w.agentStep(n)
 		}
 	}},
-	{"time passes", 12, (*world).advance},
+	{"time passes", 14, (*world).advance},
 	{"binder and scheduler", 9, func(w *world) { w.binderStep(); w.schedulerStep() }},
 	{"statefulset controller", 6, (*world).stsStep},
 	{"kubelets", 10, (*world).kubeletStep},
 	{"protection, pod GC, node lifecycle", 6, (*world).protectionStep},
-	{"TiDB Operator", 5, (*world).operatorStep},
-	{"a person", 4, (*world).personStep},
+	{"TiDB Operator", 6, (*world).operatorStep},
+	{"a person", 3, (*world).personStep},
 	{"nodes", 3, (*world).nodeStep},
-	{"PD", 3, (*world).pdStep},
-	{"lease", 2, (*world).leaseStep},
+	{"PD", 2, (*world).pdStep},
+	{"lease", 1, (*world).leaseStep},
 	{"agent restart", 1, (*world).agentRestartStep},
 }
+
+// leaseDuration: a standby takes the lease over this long after the
+// leader lost it.
+const leaseDuration = 15 * time.Second
 
 // Run plays one history and returns the first violation (nil if none).
 func Run(cfg Config, stats *Stats) (*Violation, string, error) {
@@ -71,6 +75,10 @@ func Run(cfg Config, stats *Stats) (*Violation, string, error) {
 		if w.pd.fault != faultNone && w.step >= w.faultUntil {
 			w.pd.fault = faultNone
 			w.logf("PD endpoint: fault over")
+		}
+		if w.leader < 0 && w.clock.Since(w.leaderLost) >= leaseDuration {
+			w.leader = w.rng.IntN(len(w.ctrls))
+			w.ctrls[w.leader].lead(w)
 		}
 		before := w.pvVersions()
 		a.run(w)
@@ -281,12 +289,26 @@ func (w *world) restoreLabels() {
 // autoscaler while the machine is fine, or by the cloud after it died,
 // and re-created when its kubelet registers.
 func (w *world) nodeStep() {
-	n, _ := pick(w, w.nodes)
-	obj := w.getNode(n.name)
 	now := w.clock.Now()
-	switch w.rng.IntN(5) {
+	var dead, alive []*node
+	for _, n := range w.nodes {
+		if n.alive {
+			alive = append(alive, n)
+		} else {
+			dead = append(dead, n)
+		}
+	}
+	if n, ok := pick(w, dead); ok && w.rng.IntN(2) == 0 {
+		n.alive = true
+		w.logf("node %s comes back", n.name)
+		w.registerNode(n)
+		w.must(w.startAgent(n))
+		return
+	}
+	switch w.rng.IntN(4) {
 	case 0:
-		if !n.alive {
+		n, ok := pick(w, alive)
+		if !ok || len(alive) < 3 {
 			return
 		}
 		n.alive, n.diedAt = false, now
@@ -298,29 +320,19 @@ func (w *world) nodeStep() {
 		}
 		w.logf("node %s dies", n.name)
 	case 1:
-		if n.alive {
-			return
+		if n, ok := pick(w, alive); ok && w.getNode(n.name) != nil {
+			w.must(w.api.Delete(resNode, "", n.name))
+			n.objectGoneAt = now
+			w.logf("autoscaler deletes Node %s (the machine is fine)", n.name)
 		}
-		n.alive = true
-		w.logf("node %s comes back", n.name)
-		w.registerNode(n)
-		w.must(w.startAgent(n))
-	case 2, 3:
-		if obj == nil {
-			if n.alive {
-				w.registerNode(n)
-			}
-			return
+	case 2:
+		if n, ok := pick(w, dead); ok && w.getNode(n.name) != nil {
+			w.must(w.api.Delete(resNode, "", n.name))
+			n.objectGoneAt = now
+			w.logf("cloud controller deletes Node %s of a dead machine", n.name)
 		}
-		w.must(w.api.Delete(resNode, "", n.name))
-		n.objectGoneAt = now
-		who := "autoscaler"
-		if !n.alive {
-			who = "cloud controller"
-		}
-		w.logf("%s deletes Node %s (machine alive: %v)", who, n.name, n.alive)
 	default:
-		if obj == nil && n.alive {
+		if n, ok := pick(w, alive); ok && w.getNode(n.name) == nil {
 			w.registerNode(n)
 		}
 	}
@@ -346,15 +358,15 @@ func (w *world) registerNode(n *node) {
 // pdStep: faults of PD's endpoint, remove-tombstone, pd-recover, rebuild.
 func (w *world) pdStep() {
 	switch r := w.rng.IntN(100); {
-	case r < 45:
-		// A fault lasts a few steps, sometimes long enough for every
-		// grace period to pass.
+	case r < 50:
+		// A fault lasts a few steps, sometimes long enough for a grace
+		// period to pass.
 		w.pd.fault = pdFault(1 + w.rng.IntN(int(faultOtherCluster)))
-		w.faultUntil = w.step + 3 + w.rng.IntN(60)
+		w.faultUntil = w.step + 3 + w.rng.IntN(30)
 		w.logf("PD endpoint: %s until step %d", w.pd.fault, w.faultUntil)
-	case r < 80:
+	case r < 88:
 		w.logf("PD: remove-tombstone drops %d stores", w.pd.removeTombstones())
-	case r < 97:
+	case r < 99:
 		w.pd.pdRecover()
 		w.logf("PD: pd-recover (cluster %d); stores come back as their TiKVs report", w.pd.clusterID)
 	default:
@@ -364,36 +376,28 @@ func (w *world) pdStep() {
 	}
 }
 
-// leaseStep: the lease moves between the two controllers, or one restarts.
+// leaseStep: the leader loses the lease (a standby takes over after the
+// lease duration), or a controller process restarts.
 func (w *world) leaseStep() {
-	switch w.rng.IntN(4) {
-	case 0, 1:
+	if w.rng.IntN(3) > 0 {
 		if w.leader >= 0 {
 			w.logf("%s loses the lease", w.ctrls[w.leader].name)
 			w.ctrls[w.leader].stop()
-			w.leader = -1
-			return
+			w.leader, w.leaderLost = -1, w.clock.Now()
 		}
-		w.leader = w.rng.IntN(2)
-		w.ctrls[w.leader].lead(w)
-	case 2:
-		if w.leader < 0 {
-			w.leader = w.rng.IntN(2)
-			w.ctrls[w.leader].lead(w)
-		}
-	default:
-		i := w.rng.IntN(2)
-		old := w.ctrls[i]
-		old.stop()
-		old.c.ShutDown()
-		c, err := w.newCtrl(old.name)
-		w.must(err)
-		w.ctrls[i] = c
-		if w.leader == i {
-			w.leader = -1
-		}
-		w.logf("%s restarts (a new process, standby)", old.name)
+		return
 	}
+	i := w.rng.IntN(2)
+	old := w.ctrls[i]
+	old.stop()
+	old.c.ShutDown()
+	c, err := w.newCtrl(old.name)
+	w.must(err)
+	w.ctrls[i] = c
+	if w.leader == i {
+		w.leader, w.leaderLost = -1, w.clock.Now()
+	}
+	w.logf("%s restarts (a new process, standby)", old.name)
 }
 
 // agentRestartStep restarts a live node's agent (or starts a crashed one).

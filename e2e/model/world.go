@@ -188,6 +188,8 @@ type world struct {
 	policy volumecontroller.Policy
 	ctrls  [2]*ctrlInstance
 	leader int // index into ctrls, -1 for none
+	// leaderLost is when the last leader lost the lease.
+	leaderLost time.Time
 	// inDelete: the library's Delete is running (an agent may crash in it).
 	inDelete bool
 	// done is invariant 3's ledger: destructive action → step.
