@@ -174,3 +174,29 @@ func TestSync_APDMemberOfAnotherNamespaceIsNotRecorded(t *testing.T) {
 	w.sync(pvName)
 	require.False(t, provisioner.Owned(w.pv(pvName)), "the member's URLs name namespace staging, the pod is in %s", ns)
 }
+
+// Model check, seed 61 (600 steps, with the known findings patched out): a
+// person removed tidb-localpv.io/node from the PV of a PD disk whose
+// member had been deleted; a minute later the controller took the missing
+// label for a deleted node, released the claim and force-deleted the pod —
+// grace 0, as for a dead node — though the pod ran on a live node.
+func TestSync_APVThatLostItsNodeLabelIsNotOnADeadNode(t *testing.T) {
+	objs := tikvObjects(true)
+	w := newCachedWorld(t, objs...)
+	w.pd.stores[7] = pd.StoreInfo{ID: 7, Address: "demo-tikv-3.demo-tikv-peer.tidb.svc:20160", StateName: "Up", State: pd.StoreUp, NodeState: pd.NodeServing, LastHeartbeat: testNow}
+	w.sync(pvName)
+	require.True(t, provisioner.Owned(w.pv(pvName)))
+
+	w.pd.set(7, "Tombstone") // buried; the operator has not scaled the pod in yet
+	pv := w.pv(pvName)
+	delete(pv.Labels, provisioner.LabelNode)
+	_, err := w.client.CoreV1().PersistentVolumes().Update(w.ctx, pv, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	for range 3 {
+		w.clock.Step(2 * time.Minute)
+		w.sync(pvName)
+	}
+	for _, a := range w.client.Actions() {
+		require.NotEqual(t, "delete", a.GetVerb(), "the pod is Ready on a live node: %v", a)
+	}
+}
