@@ -357,6 +357,11 @@ func (c *Controller) processNext(ctx context.Context) bool {
 
 // nodeFacts says whether the node is there, and for how long it has not been.
 func (c *Controller) nodeFacts(name string) NodeFacts {
+	if name == "" {
+		// A PV that lost its node label (kubectl label, GitOps) names no
+		// node; that is not a deleted one.
+		return NodeFacts{}
+	}
 	now := c.clock.Now()
 	node, err := c.nodeLister.Get(name)
 	c.mu.Lock()
