@@ -298,15 +298,15 @@ func (w *world) nodeStep() {
 			dead = append(dead, n)
 		}
 	}
-	if n, ok := pick(w, dead); ok && w.rng.IntN(2) == 0 {
+	if n, ok := pick(w, dead); ok && w.rng.IntN(3) == 0 {
 		n.alive = true
 		w.logf("node %s comes back", n.name)
 		w.registerNode(n)
 		w.must(w.startAgent(n))
 		return
 	}
-	switch w.rng.IntN(4) {
-	case 0:
+	switch r := w.rng.IntN(20); {
+	case r < 6:
 		n, ok := pick(w, alive)
 		if !ok || len(alive) < 3 {
 			return
@@ -319,13 +319,13 @@ func (w *world) nodeStep() {
 			}
 		}
 		w.logf("node %s dies", n.name)
-	case 1:
+	case r < 10:
 		if n, ok := pick(w, alive); ok && w.getNode(n.name) != nil {
 			w.must(w.api.Delete(resNode, "", n.name))
 			n.objectGoneAt = now
 			w.logf("autoscaler deletes Node %s (the machine is fine)", n.name)
 		}
-	case 2:
+	case r < 17:
 		if n, ok := pick(w, dead); ok && w.getNode(n.name) != nil {
 			w.must(w.api.Delete(resNode, "", n.name))
 			n.objectGoneAt = now
