@@ -200,3 +200,34 @@ func TestSync_APVThatLostItsNodeLabelIsNotOnADeadNode(t *testing.T) {
 		require.NotEqual(t, "delete", a.GetVerb(), "the pod is Ready on a live node: %v", a)
 	}
 }
+
+// Model check, seed 514 (600 steps): pod demo-tikv-1 stayed Pending for
+// half an hour, then started on its disk just as its store turned
+// Tombstone (a scale-in in progress, which the design says to wait for).
+// The controller's cache still showed the pod not Ready since its
+// creation: a stuck pod. The fresh read before the release checked only
+// the pod's UID, and the claim and the Ready pod were deleted.
+func TestSync_AStuckPodIsReCheckedFreshBeforeItsClaimIsReleased(t *testing.T) {
+	w := newCachedWorld(t, tikvObjects(true)...)
+	w.pd.stores[7] = pd.StoreInfo{ID: 7, Address: "demo-tikv-3.demo-tikv-peer.tidb.svc:20160", StateName: "Up", State: pd.StoreUp, NodeState: pd.NodeServing, LastHeartbeat: testNow}
+	w.sync(pvName)
+	require.True(t, provisioner.Owned(w.pv(pvName)))
+	w.pd.set(7, "Tombstone")
+
+	setReady := func(ready bool, since time.Time) {
+		pod, err := w.client.CoreV1().Pods(ns).Get(w.ctx, podN, metav1.GetOptions{})
+		require.NoError(t, err)
+		pod.Status.Conditions[0].Status = map[bool]corev1.ConditionStatus{true: corev1.ConditionTrue, false: corev1.ConditionFalse}[ready]
+		pod.Status.Conditions[0].LastTransitionTime = metav1.NewTime(since)
+		_, err = w.client.CoreV1().Pods(ns).UpdateStatus(w.ctx, pod, metav1.UpdateOptions{})
+		require.NoError(t, err)
+	}
+	setReady(false, podStart)
+	w.catchUp() // the cache: not Ready for six hours
+	setReady(true, testNow)
+	w.c.pd.invalidate("http://demo-pd.tidb:2379")
+	require.NoError(t, w.c.SyncPV(w.ctx, pvName)) // decided on the cache
+	for _, a := range w.client.Actions() {
+		require.NotEqual(t, "delete", a.GetVerb(), "the pod is Ready now: %v", a)
+	}
+}

@@ -50,6 +50,7 @@ func (v *Violation) Error() string {
 
 func (w *world) violate(inv, msg string, objects ...string) {
 	w.logf("VIOLATION of invariant %s: %s", inv, msg)
+	w.logf("  PD (cluster %d, fault %s): %s", w.pd.clusterID, w.pd.fault, w.pd.summary())
 	if w.fail == nil {
 		w.fail = &Violation{Seed: w.cfg.Seed, Step: w.step, Invariant: inv, Message: msg, Objects: objects}
 	}

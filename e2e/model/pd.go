@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"k8s.io/utils/clock"
@@ -139,8 +140,9 @@ func (p *modelPD) sortedStores() []*pdStore {
 // tick moves PD's own lifecycle on: Preparing stores start serving, and
 // an Offline store becomes Tombstone once its regions have moved — which
 // needs max-replicas healthy stores besides it; without them it stays
-// Offline for good.
-func (p *modelPD) tick() {
+// Offline for good. It returns what changed, for the history.
+func (p *modelPD) tick() []string {
+	var changed []string
 	now := p.clock.Now()
 	healthy := 0
 	for _, s := range p.sortedStores() {
@@ -155,8 +157,25 @@ func (p *modelPD) tick() {
 		case s.state == pd.StoreOffline && healthy >= maxReplicas && now.Sub(s.offlineAt) >= drainTime(s.id):
 			s.state, s.nodeState = pd.StoreTombstone, pd.NodeRemoved
 			p.buried[storeKey{p.clusterID, s.id}] = true
+			changed = append(changed, fmt.Sprintf("PD: store %d is Tombstone", s.id))
 		}
 	}
+	return changed
+}
+
+// summary lists the stores and members, for a failure's history.
+func (p *modelPD) summary() string {
+	var parts []string
+	for _, s := range p.sortedStores() {
+		parts = append(parts, fmt.Sprintf("store %d %s at %s", s.id, p.phase(s), s.address))
+	}
+	for id := range p.lost {
+		parts = append(parts, fmt.Sprintf("store %d lost by pd-recover", id))
+	}
+	for _, m := range p.members {
+		parts = append(parts, fmt.Sprintf("member %s (%d)", m.Name, m.MemberID))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // drainTime is how long a store's regions take to move: an empty store

@@ -83,7 +83,9 @@ func Run(cfg Config, stats *Stats) (*Violation, string, error) {
 		before := w.pvVersions()
 		a.run(w)
 		w.informAgents(before, a.name)
-		w.pd.tick()
+		for _, c := range w.pd.tick() {
+			w.logf("%s", c)
+		}
 		w.afterStep()
 		w.snapshot()
 		for _, ci := range w.ctrls {
