@@ -4,8 +4,12 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 var (
@@ -94,4 +98,21 @@ func plural(n int, one, many string) string {
 		return "1 " + one
 	}
 	return fmt.Sprintf("%d %s", n, many)
+}
+
+// A failure is only as useful as its replay: the same seed must give the
+// same history, step for step.
+func TestModel_AHistoryReplaysExactlyFromItsSeed(t *testing.T) {
+	durations := regexp.MustCompile(`in [0-9.]+(ns|µs|ms|s)\b`)
+	play := func() string {
+		dir, err := os.MkdirTemp(scratch(), "tidb-localpv-model-")
+		require.NoError(t, err)
+		defer os.RemoveAll(dir)
+		_, hist, err := Run(Config{Seed: 34, Steps: 250, Dir: dir, FullHistory: true}, &Stats{})
+		require.NoError(t, err)
+		return durations.ReplaceAllString(strings.ReplaceAll(hist, dir, "<dir>"), "in <t>")
+	}
+	first := play()
+	require.Contains(t, first, "step 250")
+	require.Equal(t, first, play())
 }

@@ -169,7 +169,12 @@ func (p *modelPD) summary() string {
 	for _, s := range p.sortedStores() {
 		parts = append(parts, fmt.Sprintf("store %d %s at %s", s.id, p.phase(s), s.address))
 	}
+	lost := make([]uint64, 0, len(p.lost))
 	for id := range p.lost {
+		lost = append(lost, id)
+	}
+	slices.Sort(lost)
+	for _, id := range lost {
 		parts = append(parts, fmt.Sprintf("store %d lost by pd-recover", id))
 	}
 	for _, m := range p.members {

@@ -81,8 +81,8 @@ func (w *world) kubeletStep() {
 			setPodReady(p, proc.state == "running", now)
 			w.put(p)
 		}
-		for uid, proc := range w.procs {
-			if proc.node == n && w.podByUID(uid) == nil {
+		for _, uid := range sortedKeys(w.procs) {
+			if w.procs[uid].node == n && w.podByUID(uid) == nil {
 				w.stopProcess(uid)
 			}
 		}
