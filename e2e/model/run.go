@@ -2,11 +2,13 @@ package model
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/tidb-localpv/tidb-localpv/discovery"
 	"github.com/tidb-localpv/tidb-localpv/provisioner"
 	"github.com/tidb-localpv/tidb-localpv/volumecontroller/pd"
 )
@@ -163,7 +165,9 @@ func (w *world) advance() {
 
 // personStep is an operator at a terminal.
 func (w *world) personStep() {
-	switch w.rng.IntN(9) {
+	switch w.rng.IntN(10) {
+	case 9:
+		w.unmountOrMount()
 	case 0, 1:
 		if p, ok := pick(w, w.pods()); ok && p.DeletionTimestamp == nil {
 			w.must(w.api.Delete(resPod, namespace, p.Name))
@@ -210,6 +214,30 @@ func (w *world) personStep() {
 			w.logf("person: container of %s restarts", p.pod)
 		}
 	}
+}
+
+// unmountOrMount: someone unmounts a disk no program uses (the agent then
+// finds its PV without a disk), or mounts one back.
+func (w *world) unmountOrMount() {
+	d, _ := pick(w, w.disks)
+	m := d.node.mounts
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, mt := range m.mounts {
+		if mt.MountPoint != d.path {
+			continue
+		}
+		for _, p := range w.procs {
+			if p.disk == d {
+				return // busy
+			}
+		}
+		m.mounts = slices.Delete(m.mounts, i, i+1)
+		w.logf("person: umount %s", d.path)
+		return
+	}
+	m.mounts = append(m.mounts, discovery.Mount{MountPoint: d.path, Source: "tmpfs", FSType: "tmpfs", Root: "/"})
+	w.logf("person: mount %s", d.path)
 }
 
 // abandon notes that an operator gave a PV's disk up: the data on it, and
