@@ -116,7 +116,7 @@ func (s *Stats) Count(what string) int { return s.counts[what] }
 
 func (s *Stats) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d histories × steps = %d steps\n", s.Histories, s.Steps)
+	fmt.Fprintf(&b, "histories × steps: %d histories, %d steps in all\n", s.Histories, s.Steps)
 	keys := make([]string, 0, len(s.counts))
 	for k := range s.counts {
 		keys = append(keys, k)

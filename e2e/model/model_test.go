@@ -49,7 +49,7 @@ func TestModel(t *testing.T) {
 		return true
 	}
 	defer func() {
-		fmt.Printf("model check: %s in %s\n%s", plural(stats.Histories, "history", "histories"), time.Since(start).Round(time.Millisecond), stats)
+		fmt.Printf("model check: %s of up to %d steps in %s\n%s", plural(stats.Histories, "history", "histories"), *stepsFlag, time.Since(start).Round(time.Millisecond), stats)
 		fmt.Println("invariants checked after every step and at each action of ours:")
 		for _, inv := range []string{inv1, inv2, inv3, inv4} {
 			fmt.Println("  " + inv)
