@@ -18,9 +18,11 @@ CACHE     ?= $(or $(TIDB_LOCALPV_CACHE),$(HOME)/.cache/tidb-localpv)
 FUZZTIME  ?= 30s
 E2E_TIMEOUT ?= 60m
 IMAGE     ?= tidb-localpv.local/tidb-localpv:$(VERSION)
+MODELTIME ?= 60s
+SOAK      ?= 30m
 export TIDB_LOCALPV_CACHE := $(CACHE)
 
-.PHONY: all build image test unit manifests-test fuzz e2e e2e-prepare bench demo demo-real demo-smoke lint clean help generate
+.PHONY: all build image test unit model soak manifests-test fuzz e2e e2e-prepare bench demo demo-real demo-smoke lint clean help generate
 
 all: build
 
@@ -34,7 +36,7 @@ build: ## build bin/tidb-localpv (and bin/kubectl-tidb_localpv, the kubectl plug
 image: ## build the image without Docker: $(BIN)/tidb-localpv-image.tar (docker load / ctr import / crane push), named $(IMAGE)
 	$(GO) run ./e2e/image/cmd/build-image -out $(BIN)/tidb-localpv-image.tar -version $(VERSION) -tag $(IMAGE) -cache-dir $(CACHE)
 
-test: lint unit manifests-test fuzz e2e demo-smoke ## the full suite (run as root to include the real-disk tests; CI=1 makes skipped root tests fail)
+test: lint unit model manifests-test fuzz e2e demo-smoke ## the full suite (run as root to include the real-disk tests; CI=1 makes skipped root tests fail)
 	@echo "make test: all passed"
 
 unit: ## unit and root-only tests, with the race detector
@@ -44,6 +46,13 @@ unit: ## unit and root-only tests, with the race detector
 manifests-test: ## the install's tests, a module of their own (manifests/go.mod): overlays render with every reference intact, alert rules load in Prometheus's parser
 	@echo "== manifests: kustomize overlays, alert rules, dashboard"
 	cd manifests && $(GO) vet ./... && $(GO) test -count=1 ./...
+
+model: ## the model check of the safety invariants: fixed seeds, then random histories for $(MODELTIME); prints seeds and figures
+	@echo "== model check"
+	$(GO) test -count=1 -run '^TestModel$$' -timeout 15m -v ./e2e/model/ -args -model.duration=$(MODELTIME)
+
+soak: ## the model check for as long as asked (make soak SOAK=30m); prints histories × steps and what they exercised
+	$(GO) test -count=1 -run '^TestModel$$' -timeout 0 -v ./e2e/model/ -args -model.duration=$(SOAK)
 
 fuzz: ## bounded fuzzing of the parsers ($(FUZZTIME) each)
 	@echo "== fuzz: inventory parser"

@@ -93,6 +93,28 @@ type Deps struct {
 	// KernelLog opens the kernel log for disk errors; nil leaves health
 	// to the checks alone.
 	KernelLog func() (KernelLog, error)
+	// Caches, when set, replace the informers: the caller fills them and
+	// drives the agent with Reconcile and its Provisioner's Delete (a
+	// simulation replaying a history). Such an agent is not Run.
+	Caches *Caches
+	// Recorder receives the agent's events; nil means the API server's
+	// event sink, set up by Run.
+	Recorder record.EventRecorder
+}
+
+// Caches are the stores the agent reads, for a caller that fills them
+// itself: this node's PVs, the StorageClasses, the inventory ConfigMap and
+// this node's Node object.
+type Caches struct {
+	PVs, StorageClasses, ConfigMaps, Nodes cache.Indexer
+}
+
+// NewCaches returns empty stores the agent's listers can read.
+func NewCaches() *Caches {
+	idx := func() cache.Indexer {
+		return cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	}
+	return &Caches{PVs: idx(), StorageClasses: idx(), ConfigMaps: idx(), Nodes: idx()}
 }
 
 // OSDeps returns Deps backed by the real host.
@@ -121,6 +143,7 @@ type Agent struct {
 	factories []informers.SharedInformerFactory
 	scInf     cache.SharedIndexInformer
 	pvInf     cache.SharedIndexInformer
+	pvIndex   cache.Indexer // pvInf's, or Caches.PVs: a published PV goes in at once
 	pvLister  corelisters.PersistentVolumeLister
 	scLister  storagelisters.StorageClassLister
 	cmLister  corelisters.ConfigMapLister
@@ -150,6 +173,8 @@ type Agent struct {
 	// orphanSince is when a disk holding data was first confirmed (by a
 	// fresh API read) to have no PV; it is wiped only a resync period later.
 	orphanSince map[string]time.Time
+	// orphanWipes counts the orphan wipes running in the background.
+	orphanWipes sync.WaitGroup
 
 	ready atomic.Bool
 }
@@ -231,6 +256,20 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	a.scLister = cluster.Storage().V1().StorageClasses().Lister()
 	a.scInf = cluster.Storage().V1().StorageClasses().Informer()
 	a.claimsInf = noClaims.Core().V1().PersistentVolumeClaims().Informer()
+	a.pvIndex = a.pvInf.GetIndexer()
+	if deps.Recorder != nil {
+		a.recorder = deps.Recorder
+		a.events = newReporter(deps.Recorder)
+		a.events.clock = a.deps.Clock
+	}
+	if cs := deps.Caches; cs != nil {
+		a.pvIndex = cs.PVs
+		a.pvLister = corelisters.NewPersistentVolumeLister(cs.PVs)
+		a.scLister = storagelisters.NewStorageClassLister(cs.StorageClasses)
+		a.cmLister = corelisters.NewConfigMapLister(cs.ConfigMaps)
+		a.nodeList = corelisters.NewNodeLister(cs.Nodes)
+		return a, nil
+	}
 
 	enqueue := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { a.enqueue() },
@@ -292,15 +331,20 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer utilruntime.HandleCrash()
 	defer a.queue.ShutDown()
 	log := klog.FromContext(ctx)
+	if a.deps.Caches != nil {
+		return fmt.Errorf("an agent built with Caches is driven by Reconcile, not Run")
+	}
 
-	// Not cancelled with ctx, so events of the shutdown still go out.
-	broadcaster := record.NewBroadcaster(record.WithContext(context.WithoutCancel(ctx)))
-	broadcaster.StartStructuredLogging(4)
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.deps.Client.CoreV1().Events("")})
-	defer broadcaster.Shutdown()
-	a.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "tidb-localpv-agent", Host: a.cfg.NodeName})
-	a.events = newReporter(a.recorder)
-	a.events.clock = a.deps.Clock
+	if a.deps.Recorder == nil {
+		// Not cancelled with ctx, so events of the shutdown still go out.
+		broadcaster := record.NewBroadcaster(record.WithContext(context.WithoutCancel(ctx)))
+		broadcaster.StartStructuredLogging(4)
+		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.deps.Client.CoreV1().Events("")})
+		defer broadcaster.Shutdown()
+		a.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "tidb-localpv-agent", Host: a.cfg.NodeName})
+		a.events = newReporter(a.recorder)
+		a.events.clock = a.deps.Clock
+	}
 
 	for _, f := range a.factories {
 		f.Start(ctx.Done())
@@ -355,6 +399,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 }
+
+// Reconcile runs one pass, exactly as the agent's worker does on an event
+// (without the queue's retries), for a caller that fills Caches and drives
+// the agent step by step. Orphan wipes it starts run on in the background;
+// WaitWipes waits for them.
+func (a *Agent) Reconcile(ctx context.Context) error { return a.reconcile(ctx) }
+
+// WaitWipes blocks until the background wipes started so far have ended.
+func (a *Agent) WaitWipes() { a.orphanWipes.Wait() }
+
+// ShutDown releases the work queue of an agent driven by Reconcile (Run
+// shuts it down itself).
+func (a *Agent) ShutDown() { a.queue.ShutDown() }
 
 func (a *Agent) worker(ctx context.Context) {
 	for a.processNext(ctx) {

@@ -53,6 +53,13 @@ func (a *Agent) keepOwner(ctx context.Context, pv *corev1.PersistentVolume) erro
 	if !ok || !provisioner.Owned(pv) {
 		return nil
 	}
+	if provisioner.ReleaseApproved(pv) {
+		// The controller found the owner gone: the record has done its
+		// work. Kept now — from a cache that still shows the PV after
+		// its disk was wiped and the record forgotten — it would name a
+		// dead owner on whatever the disk holds next.
+		return nil
+	}
 	// The time the owner was last seen changes with every PD poll; the
 	// state it was seen in changes rarely and is kept: only an owner last
 	// seen leaving may later count as gone.

@@ -320,7 +320,7 @@ func (a *Agent) publish(ctx context.Context, d found) (*corev1.PersistentVolume,
 	}
 	// Put the new PV in the cache at once: a pass that runs before the
 	// watch delivers it would otherwise try to publish the disk again.
-	if err := a.pvInf.GetIndexer().Add(created); err != nil {
+	if err := a.pvIndex.Add(created); err != nil {
 		klog.FromContext(ctx).Error(err, "cache published PV", "pv", created.Name)
 	}
 	klog.FromContext(ctx).Info("published disk", "pv", created.Name, "path", d.Path, "disk", d.ID, "class", d.Class, "capacity", d.Capacity)

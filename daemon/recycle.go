@@ -282,7 +282,7 @@ func (a *Agent) republishForApproval(ctx context.Context, d found, rec provision
 	if err != nil {
 		return fmt.Errorf("republish owned disk %s: %w", d.ID, err)
 	}
-	if err := a.pvInf.GetIndexer().Add(created); err != nil {
+	if err := a.pvIndex.Add(created); err != nil {
 		klog.FromContext(ctx).Error(err, "cache republished PV", "pv", created.Name)
 	}
 	klog.FromContext(ctx).Info("republished owned disk for the controller's approval", "pv", created.Name, "disk", d.ID, "owner", rec.Owner(), "claim", rec.ClaimName)
@@ -341,7 +341,9 @@ func (a *Agent) startOrphanWipe(ctx context.Context, d found) error {
 		reason = "was interrupted while being wiped"
 	}
 	klog.FromContext(ctx).Info("wiping disk before publishing it", "path", d.Path, "disk", d.ID, "reason", reason)
+	a.orphanWipes.Add(1)
 	go func() {
+		defer a.orphanWipes.Done()
 		defer a.enqueue()
 		defer a.release(d.ID)
 		// Errors are recorded as events and metrics inside wipe; the next

@@ -261,6 +261,9 @@ func (c *Controller) storeRecordedElsewhere(ctx context.Context, id, cluster uin
 
 // freshNodeDead re-reads the node from the API server.
 func (c *Controller) freshNodeDead(ctx context.Context, name string) (bool, error) {
+	if name == "" {
+		return false, nil // a PV without its node label names no node, dead or alive
+	}
 	node, err := c.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return true, nil
@@ -456,9 +459,29 @@ func (c *Controller) checkMounters(ctx context.Context, d Decision, t target) (*
 		if d.Action != ActReleaseWithPod || t.pod == nil || p.UID != t.pod.UID {
 			return nil, fmt.Errorf("%w: pod %s mounts the claim", errRecheck, p.Name)
 		}
+		if err := c.stillStuck(ctx, d, p, t); err != nil {
+			return nil, err
+		}
 		stuck = p
 	}
 	return stuck, nil
+}
+
+// stillStuck re-checks, on the fresh pod, node and PV, what made the cached
+// pod look stuck: not Ready for the stuck-pod grace, or its disk's node (or,
+// for a failed-disk decision, the disk) dead.
+func (c *Controller) stillStuck(ctx context.Context, d Decision, p *corev1.Pod, t target) error {
+	if f := c.podFacts(p, owner{}); f.OnStatefulSet && !f.Ready && f.NotReadyFor >= c.cfg.Policy.StuckPodGrace {
+		return nil
+	}
+	pv, err := c.freshPV(ctx, t.pv)
+	if err != nil {
+		return err
+	}
+	if err := c.recheckDead(ctx, d, pv); err != nil {
+		return fmt.Errorf("pod %s is no longer stuck: %w", p.Name, err)
+	}
+	return nil
 }
 
 func mounts(p *corev1.Pod, claim string) bool {

@@ -57,6 +57,10 @@ type Deps struct {
 	// instances); nil leaves v2 clusters to --pd-endpoint overrides and
 	// reports instead of acting.
 	Dynamic dynamic.Interface
+	// Caches, when set, replace the informers: the caller fills them and
+	// drives reconciles with SyncPV (a simulation replaying a history, a
+	// test deciding when caches catch up). Nil means informers, as deployed.
+	Caches *Caches
 }
 
 // Indexes.
@@ -85,6 +89,8 @@ type Controller struct {
 	// podV2Inf caches TiDB Operator v2's TiKV and PD pods by v2's own
 	// labels, in case the v1 set is missing.
 	podV2Inf   cache.SharedIndexInformer
+	pvIndex    cache.Indexer   // pvInf's, or the caller's Caches.PVs
+	podIndexes []cache.Indexer // podInf's and podV2Inf's, or the caller's Caches.Pods
 	pvLister   corelisters.PersistentVolumeLister
 	pvcLister  corelisters.PersistentVolumeClaimLister
 	podLister  corelisters.PodLister
@@ -124,14 +130,32 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "volumecontroller"}),
 	}
 	c.pd = newPDView(deps.Dial, cfg.PDCacheTTL, deps.Clock)
+	if deps.Dynamic != nil {
+		c.dynFactory = dynamicinformer.NewDynamicSharedInformerFactory(deps.Dynamic, 0)
+		c.diskInf = c.dynFactory.ForResource(v1alpha1.Resource).Informer()
+		c.synced = append(c.synced, c.diskInf.HasSynced)
+	}
 
+	if deps.Caches != nil {
+		c.useCaches(deps.Caches)
+		return c, nil
+	}
+	if err := c.informers(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// informers sets up the caches as deployed: watches of our PVs, TiKV and PD
+// pods, claims and nodes, each change enqueueing the PVs it concerns.
+func (c *Controller) informers() error {
 	ours, err := labels.NewRequirement(provisioner.LabelDisk, selection.Exists, nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	tidbPods, err := labels.NewRequirement(labelComponent, selection.In, []string{ComponentTiKV, ComponentPD})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	pvF := informers.NewSharedInformerFactoryWithOptions(c.client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.LabelSelector = labels.NewSelector().Add(*ours).String()
@@ -145,7 +169,7 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 	allF := informers.NewSharedInformerFactory(c.client, 0)
 	v2Pods, err := labels.NewRequirement(labelV2Component, selection.In, []string{ComponentTiKV, ComponentPD})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	podV2F := informers.NewSharedInformerFactoryWithOptions(c.client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.LabelSelector = labels.NewSelector().Add(*v2Pods).String()
@@ -153,75 +177,67 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 	c.factories = []informers.SharedInformerFactory{pvF, podF, podV2F, allF}
 	c.podV2Inf = podV2F.Core().V1().Pods().Informer()
 	if err := c.podV2Inf.AddIndexers(cache.Indexers{podsByClaim: claimsOfPod}); err != nil {
-		return nil, err
+		return err
 	}
 
 	c.pvInf = pvF.Core().V1().PersistentVolumes().Informer()
 	c.podInf = podF.Core().V1().Pods().Informer()
 	pvcInf := allF.Core().V1().PersistentVolumeClaims().Informer()
 	nodeInf := allF.Core().V1().Nodes().Informer()
-	if err := c.pvInf.AddIndexers(cache.Indexers{pvsByNode: func(obj any) ([]string, error) {
-		pv, ok := obj.(*corev1.PersistentVolume)
-		if !ok {
-			return nil, nil
-		}
-		return []string{pv.Labels[provisioner.LabelNode]}, nil
-	}}); err != nil {
-		return nil, err
+	c.pvIndex = c.pvInf.GetIndexer()
+	c.podIndexes = []cache.Indexer{c.podInf.GetIndexer(), c.podV2Inf.GetIndexer()}
+	if err := c.pvInf.AddIndexers(cache.Indexers{pvsByNode: pvNode}); err != nil {
+		return err
 	}
 	if err := c.podInf.AddIndexers(cache.Indexers{podsByClaim: claimsOfPod}); err != nil {
-		return nil, err
+		return err
 	}
 	c.pvLister = pvF.Core().V1().PersistentVolumes().Lister()
 	c.podLister = podF.Core().V1().Pods().Lister()
 	c.pvcLister = allF.Core().V1().PersistentVolumeClaims().Lister()
 	c.nodeLister = allF.Core().V1().Nodes().Lister()
-	c.synced = []cache.InformerSynced{c.pvInf.HasSynced, c.podInf.HasSynced, c.podV2Inf.HasSynced, pvcInf.HasSynced, nodeInf.HasSynced}
+	c.synced = append(c.synced, c.pvInf.HasSynced, c.podInf.HasSynced, c.podV2Inf.HasSynced, pvcInf.HasSynced, nodeInf.HasSynced)
 
-	handlers := []struct {
-		inf cache.SharedIndexInformer
-		fn  func(any)
-	}{
-		{c.pvInf, c.enqueuePV},
-		{pvcInf, c.enqueueClaim},
-		{c.podInf, c.enqueuePod},
-		{c.podV2Inf, c.enqueuePod},
-		{nodeInf, c.enqueueNode},
-	}
-	if deps.Dynamic != nil {
-		c.dynFactory = dynamicinformer.NewDynamicSharedInformerFactory(deps.Dynamic, 0)
-		c.diskInf = c.dynFactory.ForResource(v1alpha1.Resource).Informer()
-		c.synced = append(c.synced, c.diskInf.HasSynced)
-	}
-	// Standbys watch too: a node deleted while this replica stands by
-	// starts its grace now, so a leader taken over later does not start
-	// the grace over (the first sight of the missing node is the deletion).
-	if _, err := nodeInf.AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: c.nodeDeleted}); err != nil {
-		return nil, err
-	}
-	for _, h := range handlers {
-		fn := h.fn
-		if _, err := h.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc: fn,
-			UpdateFunc: func(old, cur any) {
-				if o, ok := old.(metav1.Object); ok {
-					if n, ok := cur.(metav1.Object); ok && o.GetResourceVersion() == n.GetResourceVersion() {
-						return
-					}
-				}
-				fn(cur)
-			},
-			DeleteFunc: func(obj any) {
-				if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-					obj = d.Obj
-				}
-				fn(obj)
-			},
-		}); err != nil {
-			return nil, err
+	for inf, h := range map[cache.SharedIndexInformer]cache.ResourceEventHandler{
+		c.pvInf: c.handler(c.enqueuePV), pvcInf: c.handler(c.enqueueClaim),
+		c.podInf: c.handler(c.enqueuePod), c.podV2Inf: c.handler(c.enqueuePod),
+		nodeInf: c.nodeHandler(),
+	} {
+		if _, err := inf.AddEventHandler(h); err != nil {
+			return err
 		}
 	}
-	return c, nil
+	return nil
+}
+
+// handler turns an enqueue function into event handlers; resyncs of an
+// unchanged object are dropped.
+func (c *Controller) handler(fn func(any)) cache.ResourceEventHandlerFuncs {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: fn,
+		UpdateFunc: func(old, cur any) {
+			if o, ok := old.(metav1.Object); ok {
+				if n, ok := cur.(metav1.Object); ok && o.GetResourceVersion() == n.GetResourceVersion() {
+					return
+				}
+			}
+			fn(cur)
+		},
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			fn(obj)
+		},
+	}
+}
+
+func pvNode(obj any) ([]string, error) {
+	pv, ok := obj.(*corev1.PersistentVolume)
+	if !ok {
+		return nil, nil
+	}
+	return []string{pv.Labels[provisioner.LabelNode]}, nil
 }
 
 func claimsOfPod(obj any) ([]string, error) {
@@ -270,7 +286,7 @@ func (c *Controller) enqueueNode(obj any) {
 	if !ok {
 		return
 	}
-	pvs, err := c.pvInf.GetIndexer().ByIndex(pvsByNode, node.Name)
+	pvs, err := c.pvIndex.ByIndex(pvsByNode, node.Name)
 	if err != nil {
 		return
 	}
@@ -282,6 +298,7 @@ func (c *Controller) enqueueNode(obj any) {
 // Start starts the informers and waits for their caches; standbys run it
 // too, so that a new leader acts on a warm cache at once.
 func (c *Controller) Start(ctx context.Context) error {
+	// With caller-filled Caches there is nothing to start or wait for.
 	for _, f := range c.factories {
 		f.Start(ctx.Done())
 	}
@@ -316,6 +333,17 @@ func (c *Controller) Run(ctx context.Context) {
 	<-ctx.Done()
 	log.Info("volume-controller stopped leading")
 }
+
+// SyncPV reconciles one PV exactly as a worker does, without the queue's
+// retries: for a caller that fills Caches and drives reconciles itself. ctx
+// is the leader's context, as in Run.
+func (c *Controller) SyncPV(ctx context.Context, name string) error {
+	return c.sync(ctx, name)
+}
+
+// ShutDown releases the work queue of a controller driven by SyncPV (Run
+// shuts it down itself).
+func (c *Controller) ShutDown() { c.queue.ShutDown() }
 
 // poll re-reads every PV; PD has no watch API, so owners' states are polled.
 func (c *Controller) poll(ctx context.Context) {
@@ -361,6 +389,27 @@ func (c *Controller) processNext(ctx context.Context) bool {
 	return true
 }
 
+// nodeHandler keeps the dead-node grace honest in every replica, standbys
+// included: a node that is there forgets any absence seen before, so a node
+// deleted again after it came back gets the whole grace again; a deletion
+// starts the grace at once, so a leader taking over later does not start it
+// over.
+func (c *Controller) nodeHandler() cache.ResourceEventHandlerFuncs {
+	h := c.handler(c.enqueueNode)
+	seen := func(obj any) {
+		if node, ok := obj.(*corev1.Node); ok {
+			c.mu.Lock()
+			delete(c.goneAt, node.Name)
+			c.mu.Unlock()
+		}
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { seen(obj); h.OnAdd(obj, false) },
+		UpdateFunc: func(old, cur any) { seen(cur); h.OnUpdate(old, cur) },
+		DeleteFunc: func(obj any) { c.nodeDeleted(obj); h.OnDelete(obj) },
+	}
+}
+
 // nodeDeleted notes when a Node was deleted.
 func (c *Controller) nodeDeleted(obj any) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
@@ -398,6 +447,11 @@ func (c *Controller) nodeFacts(name string) NodeFacts {
 }
 
 func (c *Controller) nodePresence(name string) NodeFacts {
+	if name == "" {
+		// A PV that lost its node label (kubectl label, GitOps) names no
+		// node; that is not a deleted one.
+		return NodeFacts{}
+	}
 	now := c.clock.Now()
 	node, err := c.nodeLister.Get(name)
 	c.mu.Lock()

@@ -2,6 +2,7 @@ package volumecontroller
 
 import (
 	"fmt"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -36,6 +37,11 @@ type owner struct {
 	// Started is when the mounting pod started; zero without a pod. A
 	// store is confirmed as the pod's only if it heartbeated since.
 	Started time.Time
+	// Ready is the mounting pod's Ready condition. A PD member named
+	// after the pod is confirmed as its own only while the pod is Ready:
+	// a pod on a fresh disk cannot join while its previous disk's member
+	// of the same name is listed, and is never Ready meanwhile.
+	Ready bool
 	// Labels to render the PD endpoint template with.
 	Labels map[string]string
 	// Instance is the TiDB Operator v2 instance object the claim belongs
@@ -70,6 +76,7 @@ func kubeOwner(pv *corev1.PersistentVolume, pvc *corev1.PersistentVolumeClaim, p
 	case pod != nil:
 		o.Pod = pod.Name
 		o.Started = podStarted(pod)
+		o.Ready = podReady(pod)
 	case pvc.Annotations[annPodName] != "":
 		o.Pod = pvc.Annotations[annPodName]
 	default:
@@ -104,6 +111,15 @@ func podStarted(p *corev1.Pod) time.Time {
 		return p.Status.StartTime.Time
 	}
 	return p.CreationTimestamp.Time
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
 
 // podObject keeps a nil pod a nil interface.
@@ -207,24 +223,71 @@ func peerServices(o owner) []string {
 // label first (confirmed only if PD lists that ID under the pod's name),
 // then by name — v1 names members after pods.
 func confirmMember(o owner, m pd.Members) (pd.Member, string) {
-	if o.Pod == "" {
-		return pd.Member{}, "no pod uses the claim yet"
+	if o.Pod == "" || !o.Ready {
+		return pd.Member{}, "no Ready pod uses the claim yet (a member of its name may be the one its previous disk left)"
 	}
+	var candidates []pd.Member
 	if v := o.Labels[labelMemberID]; v != "" {
 		if id, err := strconv.ParseUint(v, 10, 64); err == nil {
 			for _, mem := range m.Members {
 				if mem.MemberID == id && memberNames(mem, o) {
-					return mem, ""
+					candidates = append(candidates, mem)
 				}
 			}
 		}
 	}
 	for _, mem := range m.Members {
 		if memberNames(mem, o) {
-			return mem, ""
+			candidates = append(candidates, mem)
 		}
 	}
-	return pd.Member{}, fmt.Sprintf("PD lists no member named after pod %s", o.Pod)
+	why := fmt.Sprintf("PD lists no member named after pod %s", o.Pod)
+	for _, mem := range candidates {
+		if memberURLsName(mem, o) {
+			return mem, ""
+		}
+		why = fmt.Sprintf("member %s advertises %s, which does not name pod %s of cluster %s in %s", mem.Name, strings.Join(mem.ClientURLs, ","), o.Pod, o.Cluster, o.Namespace)
+	}
+	return pd.Member{}, why
+}
+
+// memberURLsName: a member's advertised URLs name its pod, as TiDB
+// Operator configures them (v1 <pod>.<cluster>-pd-peer.<ns>.svc, v2
+// <pod>.<subdomain>.<ns>); a member of the same name in another namespace
+// or cluster (an endpoint that reached the wrong PD) names another pod.
+func memberURLsName(mem pd.Member, o owner) bool {
+	for _, raw := range append(slices.Clone(mem.ClientURLs), mem.PeerURLs...) {
+		u, err := url.Parse(raw)
+		if err != nil || u.Hostname() == "" {
+			continue
+		}
+		labels := strings.Split(u.Hostname(), ".")
+		if labels[0] != o.Pod {
+			continue
+		}
+		if len(labels) >= 2 && o.Cluster != "" && !slices.Contains(pdPeerServices(o), labels[1]) {
+			continue
+		}
+		if len(labels) >= 3 && labels[2] != o.Namespace {
+			continue
+		}
+		return true
+	}
+	return false
+}
+
+// pdPeerServices are the headless Services a PD pod of the owner's cluster
+// advertises itself under: v1 <cluster>-pd-peer; v2 <group>-pd-peer, or
+// <cluster>-cluster with v2's ClusterSubdomain feature gate.
+func pdPeerServices(o owner) []string {
+	out := []string{o.Cluster + "-pd-peer"}
+	if o.V2() {
+		if g := o.Labels[labelV2Group]; g != "" {
+			out = append(out, g+"-pd-peer")
+		}
+		out = append(out, o.Cluster+"-cluster")
+	}
+	return out
 }
 
 // memberNames: TiDB Operator v1 names a member after its pod, v2 after its

@@ -333,7 +333,7 @@ type ReleasedInput struct {
 // DecideReleased is the policy for a Released PV: approve the wipe of an
 // owned disk only when its owner is gone, put an approved PV back to
 // Delete if someone restored Retain, and remove the PV object of a dead
-// node (no agent is left to wipe it).
+// node when it is to be wiped (no agent is left to wipe it).
 func (p Policy) DecideReleased(in ReleasedInput) Decision {
 	dead, why := p.nodeDead(in.Node)
 	switch {
@@ -355,11 +355,14 @@ func (p Policy) DecideReleased(in ReleasedInput) Decision {
 		return Decision{Action: ActApprove, Reason: fmt.Sprintf("%s is %s", in.Owner, ownerGoneWord(Input{Component: in.Component, Facts: in.Facts}))}
 	case in.Owned && in.Approved && !in.ReclaimDelete:
 		return Decision{Action: ActReclaimDelete, Reason: "the wipe was approved for this claim but the reclaim policy was set back to Retain (TiDB Operator restores its pvReclaimPolicy); a disk whose owner is gone is recycled"}
-	case dead && in.Node.Gone:
-		return Decision{Action: ActDeletePV, Reason: why + "; no agent is left to wipe the disk, and a disk that comes back is wiped before reuse"}
 	case !in.Owned && !in.ReclaimDelete && (in.Component == ComponentTiKV || in.Component == ComponentPD):
 		return Decision{Action: ActNone, Warn: true, Refusal: "owner-unknown",
 			Reason: fmt.Sprintf("the claim of this %s disk was deleted, but no owner was ever confirmed in PD for it; the disk keeps its data (reclaimPolicy %s). If its data is no longer needed, delete the PV; the disk is wiped before it is published again", in.Component, "Retain")}
+	case dead && in.Node.Gone && in.ReclaimDelete:
+		// Only a PV that would be wiped anyway: a Retain PV keeps its
+		// data, and without its PV the disk would be wiped as an orphan
+		// when its node came back.
+		return Decision{Action: ActDeletePV, Reason: why + "; no agent is left to wipe the disk, and a disk that comes back is wiped before reuse"}
 	}
 	return Decision{Action: ActNone}
 }

@@ -110,7 +110,8 @@ func TestDecideReleased_ApprovesOnlyWhenTheOwnerIsGone(t *testing.T) {
 		{"approved but set back to Retain: back to Delete", true, true, false, tomb, ComponentTiKV, NodeFacts{}, ActReclaimDelete, false},
 		{"approved on a dead node: delete the PV object", true, true, true, tomb, ComponentTiKV, dead, ActDeletePV, false},
 		{"not owned, Delete, on a live node: plain reclaim, nothing to do", false, false, true, OwnerFacts{}, "", NodeFacts{}, ActNone, false},
-		{"not owned on a dead node: delete the PV object", false, false, false, OwnerFacts{}, "", dead, ActDeletePV, false},
+		{"not owned, Delete, on a dead node: delete the PV object", false, false, true, OwnerFacts{}, "", dead, ActDeletePV, false},
+		{"not owned, Retain, on a dead node: keep the PV (and the data)", false, false, false, OwnerFacts{}, "", dead, ActNone, false},
 		{"owned, store Up, on a dead node: refuse (data may be needed)", true, false, false, alive, ComponentTiKV, dead, ActNone, true},
 		{"a TiKV disk never owned, Retain: keep its data and say so", false, false, false, OwnerFacts{}, ComponentTiKV, NodeFacts{}, ActNone, true},
 		{"a TiKV disk never owned is never set to Delete", false, false, false, OwnerFacts{}, ComponentTiKV, NodeFacts{}, ActNone, true},
@@ -219,4 +220,30 @@ func TestMemberFacts_AMemberGoneWithAllItsPeersIsUnknown(t *testing.T) {
 	renamed.Members = append(renamed.Members, pd.Member{Name: "pd-2", MemberID: 99})
 	f = memberFacts(renamed, nil, rec)
 	require.True(t, f.Removed, "a new member under the old name is not the recorded one")
+}
+
+// Found by the model check (e2e/model, seeds 31 and 33 at 600 steps): the
+// PV of a TiKV or PD disk whose owner was never confirmed, released with
+// Retain on a node deleted past the grace, was deleted; when the node came
+// back, the agent found a disk with data and no PV, and wiped it — the data
+// of a store PD had never buried. In seed 33 the controller had never seen
+// the PV bound, so it did not even know the disk was a PD member's.
+func TestDecideReleased_KeepsTheUnownedPVOfADeadNodesTiKVOrPDDisk(t *testing.T) {
+	dead := NodeFacts{Gone: true, GoneFor: time.Hour}
+	for _, comp := range []string{ComponentTiKV, ComponentPD} {
+		t.Run(comp, func(t *testing.T) {
+			d := testPolicy.DecideReleased(ReleasedInput{Component: comp, Node: dead})
+			require.Equal(t, ActNone, d.Action, d.Reason)
+			require.True(t, d.Warn)
+			require.Equal(t, "owner-unknown", d.Refusal)
+		})
+	}
+}
+
+func TestDecideReleased_KeepsTheRetainPVOfADeadNodeWhoseComponentIsUnknown(t *testing.T) {
+	dead := NodeFacts{Gone: true, GoneFor: time.Hour}
+	require.Equal(t, ActNone, testPolicy.DecideReleased(ReleasedInput{Node: dead}).Action,
+		"Retain keeps the data: without its PV the disk would be wiped when the node returns")
+	require.Equal(t, ActDeletePV, testPolicy.DecideReleased(ReleasedInput{ReclaimDelete: true, Node: dead}).Action,
+		"a Delete PV would be wiped anyway; no agent is left to do it")
 }

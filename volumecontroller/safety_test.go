@@ -299,11 +299,10 @@ func TestSync_APDMemberUnderOperatorV2IsMatchedByMemberIDThenInstanceName(t *tes
 	}
 	pod.Labels[labelMemberID] = "202"
 	w := newWorld(t, objs...)
-	w.pd.members = []pd.Member{
-		{Name: "demo-pd-0", MemberID: 101},
-		{Name: "demo-7axwci", MemberID: 202}, // v2: named after the instance, not the pod
-		{Name: "demo-x1", MemberID: 303},
-	}
+	// v2: named after the instance, not the pod; its URLs name the pod.
+	w.pd.members = []pd.Member{pdMember("demo-pd-0", 101, ns), pdMember("demo-7axwci", 202, ns), pdMember("demo-x1", 303, ns)}
+	w.pd.members[1].ClientURLs = []string{"http://" + podN + ".demo-pd-peer." + ns + ":2379"}
+	w.pd.members[1].PeerURLs = []string{"http://" + podN + ".demo-pd-peer." + ns + ":2380"}
 	require.NoError(t, w.sync())
 	pv := w.pv()
 	require.Equal(t, "demo-7axwci", pv.Annotations[provisioner.AnnPDMember])
@@ -312,7 +311,7 @@ func TestSync_APDMemberUnderOperatorV2IsMatchedByMemberIDThenInstanceName(t *tes
 
 	// Removed from a membership that carries on: released.
 	w.removePod()
-	w.pd.members = []pd.Member{{Name: "demo-pd-0", MemberID: 101}, {Name: "demo-x1", MemberID: 303}}
+	w.pd.members = []pd.Member{pdMember("demo-pd-0", 101, ns), pdMember("demo-x1", 303, ns)}
 	require.NoError(t, w.sync())
 	require.Len(t, w.claimDeletes(), 1)
 }
@@ -324,10 +323,41 @@ func TestSync_APDMemberIDLabelForAnotherMemberIsNotConfirmed(t *testing.T) {
 	}
 	objs[3].(*corev1.Pod).Labels[labelMemberID] = "101"
 	w := newWorld(t, objs...)
-	w.pd.members = []pd.Member{{Name: "demo-pd-0", MemberID: 101}}
+	w.pd.members = []pd.Member{pdMember("demo-pd-0", 101, ns)}
 	require.NoError(t, w.sync())
 	require.False(t, provisioner.Owned(w.pv()))
 }
 
 var _ = runtime.Object(nil)
 var _ = k8stesting.Action(nil)
+
+func TestConfirmMember_OnlyAMemberWhoseURLsNameTheReadyPodIsItsOwn(t *testing.T) {
+	v1 := owner{Component: ComponentPD, Cluster: "demo", Pod: "demo-pd-1", Namespace: "tidb", Ready: true, Labels: map[string]string{}}
+	v2 := owner{Component: ComponentPD, Cluster: "basic", Pod: "basic-pd-7axwci", Namespace: "db", Ready: true,
+		Labels: map[string]string{labelV2Cluster: "basic", labelV2Group: "pd", labelV2Instance: "basic-7axwci"}}
+	member := func(name, host string) pd.Members {
+		return pd.Members{Members: []pd.Member{{Name: name, MemberID: 9, ClientURLs: []string{"http://" + host + ":2379"}, PeerURLs: []string{"http://" + host + ":2380"}}}}
+	}
+	notReady := v1
+	notReady.Ready = false
+	for _, tc := range []struct {
+		name    string
+		o       owner
+		members pd.Members
+		want    bool
+	}{
+		{"v1: the pod's own URLs", v1, member("demo-pd-1", "demo-pd-1.demo-pd-peer.tidb.svc"), true},
+		{"v1: a pod that is not Ready (its previous disk's member may be listed)", notReady, member("demo-pd-1", "demo-pd-1.demo-pd-peer.tidb.svc"), false},
+		{"v1: another namespace's member of the same name", v1, member("demo-pd-1", "demo-pd-1.demo-pd-peer.staging.svc"), false},
+		{"v1: another cluster's member of the same name", v1, member("demo-pd-1", "demo-pd-1.other-pd-peer.tidb.svc"), false},
+		{"v1: URLs of addresses, naming no pod", v1, member("demo-pd-1", "10.0.0.7"), false},
+		{"v2: named after the instance, URLs name the pod", v2, member("basic-7axwci", "basic-pd-7axwci.pd-pd-peer.db"), true},
+		{"v2: ClusterSubdomain", v2, member("basic-7axwci", "basic-pd-7axwci.basic-cluster.db"), true},
+		{"v2: the instance's name with another pod's URLs", v2, member("basic-7axwci", "basic-pd-zzzzzz.pd-pd-peer.db"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, why := confirmMember(tc.o, tc.members)
+			require.Equal(t, tc.want, why == "", why)
+		})
+	}
+}

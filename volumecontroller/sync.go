@@ -12,7 +12,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
 	"github.com/tidb-localpv/tidb-localpv/provisioner"
@@ -282,8 +281,8 @@ func (c *Controller) syncReleased(ctx context.Context, pv *corev1.PersistentVolu
 // mountingPod is the pod (TiKV or PD, from the cache) that mounts the claim.
 func (c *Controller) mountingPod(pvc *corev1.PersistentVolumeClaim) *corev1.Pod {
 	var objs []any
-	for _, inf := range []cache.SharedIndexInformer{c.podInf, c.podV2Inf} {
-		found, err := inf.GetIndexer().ByIndex(podsByClaim, pvc.Namespace+"/"+pvc.Name)
+	for _, idx := range c.podIndexes {
+		found, err := idx.ByIndex(podsByClaim, pvc.Namespace+"/"+pvc.Name)
 		if err == nil {
 			objs = append(objs, found...)
 		}

@@ -6,27 +6,43 @@ import "fmt"
 type member struct {
 	name string
 	id   uint64
+	// host is what its URLs advertise; the name when unset.
+	host string
 }
 
-func (m member) peerURLs() []string   { return []string{"http://" + m.name + ":2380"} }
-func (m member) clientURLs() []string { return []string{"http://" + m.name + ":2379"} }
+func (m member) advertised() string {
+	if m.host != "" {
+		return m.host
+	}
+	return m.name
+}
+
+func (m member) peerURLs() []string   { return []string{"http://" + m.advertised() + ":2380"} }
+func (m member) clientURLs() []string { return []string{"http://" + m.advertised() + ":2379"} }
 
 // AddMember adds a PD member and returns its id. The first member of an
 // empty cluster becomes leader.
 func (s *Server) AddMember(name string) (uint64, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.addMemberLocked(name)
+	return s.AddMemberAt(name, "")
 }
 
-func (s *Server) addMemberLocked(name string) (uint64, error) {
+// AddMemberAt adds a PD member whose URLs advertise host, as TiDB Operator
+// configures them (v1 <pod>.<cluster>-pd-peer.<ns>.svc, v2
+// <pod>.<subdomain>.<ns>); an empty host advertises the name.
+func (s *Server) AddMemberAt(name, host string) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addMemberLocked(name, host)
+}
+
+func (s *Server) addMemberLocked(name, host string) (uint64, error) {
 	if name == "" {
 		return 0, fmt.Errorf("member name is empty")
 	}
 	if _, ok := s.memberLocked(name); ok {
 		return 0, fmt.Errorf("member %q: %w", name, ErrExists)
 	}
-	m := member{name: name, id: s.nextMember}
+	m := member{name: name, id: s.nextMember, host: host}
 	s.nextMember++
 	s.members = append(s.members, m)
 	if s.leader == "" {

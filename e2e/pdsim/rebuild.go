@@ -52,7 +52,7 @@ func (s *Server) Rebuild(o RebuildOptions) error {
 	s.nextStoreID = max(o.NextStoreID, 1)
 	s.members, s.leader = nil, ""
 	for _, name := range names {
-		if _, err := s.addMemberLocked(name); err != nil {
+		if _, err := s.addMemberLocked(name, ""); err != nil {
 			return fmt.Errorf("rebuild: %w", err)
 		}
 	}

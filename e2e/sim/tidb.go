@@ -136,7 +136,7 @@ func (p *PD) sync(pods, nodes cache.Store) {
 			}
 			_ = p.Sim.ResumeHeartbeats(id)
 		case "pd":
-			_, _ = p.Sim.AddMember(pod.Name)
+			_, _ = p.Sim.AddMemberAt(pod.Name, fmt.Sprintf("%s.%s-pd-peer.%s.svc", pod.Name, pod.Labels["app.kubernetes.io/instance"], pod.Namespace))
 		}
 	}
 	for key, id := range p.stores {

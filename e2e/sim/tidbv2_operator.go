@@ -190,7 +190,7 @@ func (v *V2) playPD(pods []corev1.Pod, nodeThere map[string]bool) {
 		if pod.Status.Phase != corev1.PodRunning || pod.DeletionTimestamp != nil || !nodeThere[pod.Spec.NodeName] {
 			continue
 		}
-		_, _ = v.Sim.AddMember(pod.Labels[LabelV2Instance])
+		_, _ = v.Sim.AddMemberAt(pod.Labels[LabelV2Instance], pod.Name+"."+pod.Spec.Subdomain+"."+pod.Namespace)
 	}
 }
 
