@@ -29,6 +29,7 @@ const raceRounds = 15
 // reformat must succeed on the first try, and the disk keep its identity.
 func TestRecycle_ReformatOwnsItsDeviceWhileTheInventoryStepRuns(t *testing.T) {
 	hostdisk.RequireRoot(t, "format and mount a loop device")
+	hostdisk.LockMountNamespaces(t) // another package's mount namespace would hold the device
 	base := t.TempDir()
 	hd := hostdisk.ForTest(t)
 	dev := hostdisk.Loop(t, hd, 64)

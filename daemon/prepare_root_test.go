@@ -49,6 +49,7 @@ func deviceEntry(dev string, extra string) *corev1.ConfigMap {
 
 func TestReconcile_FormatsABlankInventoryDeviceAndWipesItByReformatting(t *testing.T) {
 	hostdisk.RequireRoot(t, "format and mount a loop device")
+	hostdisk.LockMountNamespaces(t) // another package's mount namespace would hold the device
 	base := t.TempDir()
 	hd := hostdisk.ForTest(t)
 	dev := hostdisk.Loop(t, hd, 256)

@@ -24,6 +24,7 @@ const watcherHelperEnv = "TIDB_LOCALPV_WATCHER_HELPER"
 // someone else's mount would make the test pass for the wrong reason.
 func TestWatcher_SignalsMountsUnmountsAndNewDirectories(t *testing.T) {
 	hostdisk.RequireRoot(t, "mount tmpfs in a private mount namespace")
+	hostdisk.LockMountNamespaces(t) // the child's namespace copies (and holds) other tests' mounts
 	cmd := exec.Command(os.Args[0], "-test.run=^TestWatcherHelperProcess$", "-test.v", "-test.timeout=2m")
 	cmd.Env = append(os.Environ(), watcherHelperEnv+"=1")
 	// Go makes / recursively private after unsharing the mount namespace,

@@ -153,6 +153,7 @@ func TestWipe_RemovesTheContentsWhenTheDeviceStaysBusyAfterTheUnmount(t *testing
 
 func TestWipe_ReformatsAJustWrittenTreeOnTheFirstTry(t *testing.T) {
 	hostdisk.RequireRoot(t, "format and mount a loop device")
+	hostdisk.LockMountNamespaces(t) // another package's mount namespace would hold the device
 	base := t.TempDir()
 	h := hostdisk.ForTest(t)
 	dev, disk := agentDisk(t, h, base, 512)
@@ -191,17 +192,17 @@ func TestReformat_WaitsOutAHolderThatLetsGoOfTheDeviceSoon(t *testing.T) {
 	h := hostdisk.ForTest(t)
 	dev := hostdisk.Loop(t, h, 16)
 
-	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	brief, err := unix.Open(dev, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
 	require.NoError(t, err)
 	require.ErrorIs(t, deviceFree(dev), unix.EBUSY, "a held device is busy")
 	go func() {
 		time.Sleep(200 * time.Millisecond)
-		unix.Close(fd)
+		unix.Close(brief)
 	}()
 	require.NoError(t, deviceSettles(t.Context(), dev), "a holder that lets go within the settle time is waited out")
 
-	fd, err = unix.Open(dev, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	held, err := unix.Open(dev, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
 	require.NoError(t, err)
-	defer unix.Close(fd)
+	defer unix.Close(held)
 	require.ErrorIs(t, deviceSettles(t.Context(), dev), unix.EBUSY, "a holder that stays is reported")
 }

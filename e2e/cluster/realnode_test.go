@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/tidb-localpv/tidb-localpv/e2e/hostdisk"
 )
 
 func TestUnderPrivateDir_AcceptsOnlyPathsBelowTheNodesOwnTmpfs(t *testing.T) {
@@ -40,6 +42,7 @@ func TestNodeNamespace_PropagatesMountsOnlyThroughTheSharedDirs(t *testing.T) {
 		}
 		t.Skip("needs root to make mount namespaces and mounts")
 	}
+	hostdisk.LockMountNamespaces(t) // the namespace copies (and holds) other tests' mounts
 	host := filepath.Join(t.TempDir(), "disks")
 	require.NoError(t, shareHostDir(host))
 	t.Cleanup(func() { require.NoError(t, unmountTree(host)); require.Empty(t, mountsBelow(host)) })

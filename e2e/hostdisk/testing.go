@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // RequireRoot skips a test that needs root, with the reason, except on CI
@@ -49,4 +51,25 @@ func Loop(t testing.TB, h *Host, sizeMiB int) string {
 		t.Fatal(err)
 	}
 	return dev
+}
+
+// mountNamespaceLock is machine-wide: go test runs packages in parallel.
+const mountNamespaceLock = "/run/tidb-localpv-test-mountns.lock"
+
+// LockMountNamespaces serialises, across test processes, the tests that
+// start a process in a new mount namespace (which copies every mount of
+// the moment, and keeps the devices under them busy until it exits) and
+// the tests that need a device no other namespace holds (a reformat on
+// the first try). It is released when the test ends.
+func LockMountNamespaces(t testing.TB) {
+	t.Helper()
+	f, err := os.OpenFile(mountNamespaceLock, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatalf("open the mount-namespace lock: %v", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		t.Fatalf("take the mount-namespace lock: %v", err)
+	}
+	t.Cleanup(func() { f.Close() })
 }
