@@ -81,8 +81,9 @@ func (o Ownership) Valid() bool {
 }
 
 // Leaving reports whether the owner was last seen on its way out of PD
-// (a store Offline or Tombstone): only such an owner that then vanishes
-// from its own cluster's PD counts as gone.
+// (a store Offline or Tombstone). Of those, only one last seen Tombstone
+// that then vanishes from its own cluster's PD counts as gone: an Offline
+// one may have been lost by pd-recover before it drained.
 func (o Ownership) Leaving() bool {
 	return o.State == "Offline" || o.State == "Tombstone"
 }

@@ -221,7 +221,7 @@ func clusterMismatch(rec provisioner.Ownership, got uint64) (OwnerFacts, bool) {
 
 // storeFacts reads the recorded store's state from a store list (safety
 // rule "another cluster's PD, or a store that vanished without having been
-// seen leaving, means unknown").
+// seen buried, means unknown").
 func storeFacts(stores storeIndex, err error, rec provisioner.Ownership) OwnerFacts {
 	if err != nil {
 		return OwnerFacts{Err: err, Why: unknownPD}
@@ -243,12 +243,21 @@ func storeFacts(stores storeIndex, err error, rec provisioner.Ownership) OwnerFa
 	if rec.ClusterID == 0 {
 		return OwnerFacts{Why: unknownPD, Err: fmt.Errorf("store %d is not in PD, and the PD cluster it was recorded in is not known (recorded by an older version); nothing is released", id)}
 	}
-	if !rec.Leaving() {
+	switch rec.State {
+	case "Tombstone":
+		// Buried, then its record dropped (remove-tombstone, PD's GC).
+		return OwnerFacts{Known: true, Removed: true, Phase: pd.PhaseTombstone}
+	case "Offline":
+		// Still draining when last seen: buried and dropped since — or
+		// lost by pd-recover with regions PD never moved. Only the first
+		// frees the disk, and PD no longer tells which.
 		return OwnerFacts{Why: unknownVanished, Err: fmt.Errorf(
-			"store %d is no longer in PD, but it was last seen %s%s, not leaving: PD may have been restored (pd-recover) or rebuilt; check `pd-ctl store %d` and PD's logs — the disk keeps its data until PD shows the store Tombstone or an operator deletes the PV",
-			id, orUnknown(rec.State), seenAt(rec.Seen), id)}
+			"store %d is no longer in PD; it was last seen Offline%s, still draining: either PD buried it and its record was removed since (remove-tombstone), or PD lost it (pd-recover) with data it still needed; if `pd-ctl store %d` and PD's logs show it was buried, delete the PV and the disk is wiped — until then it keeps its data",
+			id, seenAt(rec.Seen), id)}
 	}
-	return OwnerFacts{Known: true, Removed: true, Phase: pd.PhaseTombstone}
+	return OwnerFacts{Why: unknownVanished, Err: fmt.Errorf(
+		"store %d is no longer in PD, but it was last seen %s%s, not leaving: PD may have been restored (pd-recover) or rebuilt; check `pd-ctl store %d` and PD's logs — the disk keeps its data until PD shows the store Tombstone or an operator deletes the PV",
+		id, orUnknown(rec.State), seenAt(rec.Seen), id)}
 }
 
 // memberFacts reads whether the recorded PD member is still a member. PD

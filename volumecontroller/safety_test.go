@@ -166,7 +166,7 @@ func TestSync_AnotherClustersPDIsUnknownAndNamesBothIDs(t *testing.T) {
 	require.Equal(t, 1.0, testutilValue(w.c.metrics.refusals.WithLabelValues(unknownCluster)))
 }
 
-func TestSync_AStoreThatVanishesWithoutBeingSeenLeavingIsNotGone(t *testing.T) {
+func TestSync_AStoreThatVanishesWithoutBeingSeenBuriedIsNotGone(t *testing.T) {
 	w := newWorld(t, tikvObjects(true)...)
 	w.recordOwner()
 	w.removePod()
@@ -181,10 +181,22 @@ func TestSync_AStoreThatVanishesWithoutBeingSeenLeavingIsNotGone(t *testing.T) {
 	require.Contains(t, w.events(), "last seen Up")
 	require.Equal(t, 1.0, testutilValue(w.c.metrics.refusals.WithLabelValues(unknownVanished)))
 
-	// Seen leaving, then dropped (remove-tombstone): gone.
+	// Seen Offline, then gone: buried and dropped since, or lost by
+	// pd-recover while still draining — PD no longer tells which.
 	w.storeAt(7, "Offline", testNow)
 	require.NoError(t, w.sync())
 	require.Equal(t, "Offline", w.pv().Annotations[provisioner.AnnOwnerState])
+	w.pd.mu.Lock()
+	delete(w.pd.stores, 7)
+	w.pd.mu.Unlock()
+	require.NoError(t, w.sync())
+	require.Empty(t, w.claimDeletes())
+	require.Contains(t, w.events(), "still draining")
+
+	// Seen buried, then dropped (remove-tombstone): gone.
+	w.storeAt(7, "Tombstone", testNow)
+	require.NoError(t, w.sync())
+	require.Equal(t, "Tombstone", w.pv().Annotations[provisioner.AnnOwnerState])
 	w.pd.mu.Lock()
 	delete(w.pd.stores, 7)
 	w.pd.mu.Unlock()

@@ -338,7 +338,7 @@ func (w *world) goneByRules(rec provisioner.Ownership) bool {
 	if ok {
 		return s.state == pd.StoreTombstone
 	}
-	return rec.Leaving()
+	return rec.State == "Tombstone"
 }
 
 // ownerTruth says what the model knows of a recorded owner.
