@@ -1,21 +1,25 @@
 package sim
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 
 	"github.com/tidb-localpv/tidb-localpv/e2e/cluster"
 	"github.com/tidb-localpv/tidb-localpv/e2e/image"
@@ -78,15 +82,19 @@ func (e *Env) prepareRealNodes(ctx context.Context) (cluster.Binaries, *cluster.
 	return bins, &nb, nil
 }
 
-// manifestsOverlay writes a kustomization that applies manifests/ with
-// only the image replaced, and returns its directory. Kustomize wants the
-// base as a relative path.
+// manifestsOverlay writes a kustomization that applies manifests/ (or
+// Options.Overlay) with only the image replaced, and returns its
+// directory. Kustomize wants the base as a relative path.
 func (e *Env) manifestsOverlay() (string, error) {
 	dir := filepath.Join(e.opts.WorkDir, "kustomize")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	rel, err := filepath.Rel(dir, filepath.Join(e.opts.RepoRoot, "manifests"))
+	base := "manifests"
+	if e.opts.Overlay != "" {
+		base = e.opts.Overlay
+	}
+	rel, err := filepath.Rel(dir, filepath.Join(e.opts.RepoRoot, base))
 	if err != nil {
 		return "", err
 	}
@@ -101,6 +109,97 @@ images:
     newTag: %s
 `, rel, manifestImage, name, tag)
 	return dir, os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(doc), 0o644)
+}
+
+// renderInstall renders the kustomization in dir (kubectl kustomize) and
+// reads from the agent's DaemonSet and the controller's Deployment the
+// names they run with, their arguments expanded as the kubelet expands them
+// in their namespace. It returns those names and the agent's arguments.
+func renderInstall(ctx context.Context, dir string) (Install, []string, error) {
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		return Install{}, nil, fmt.Errorf("kubectl is not on PATH: %w", err)
+	}
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, kubectl, "kustomize", dir)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return Install{}, nil, fmt.Errorf("kubectl kustomize %s: %w: %s", dir, err, strings.TrimSpace(stderr.String()))
+	}
+	var (
+		in          Install
+		agentArgs   []string
+		ds, deploys int
+	)
+	for _, doc := range strings.Split(string(out), "\n---\n") {
+		var meta metav1.TypeMeta
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			return Install{}, nil, fmt.Errorf("render of %s: %w", dir, err)
+		}
+		switch meta.Kind {
+		case "DaemonSet":
+			ds++
+			var d appsv1.DaemonSet
+			if err := yaml.Unmarshal([]byte(doc), &d); err != nil {
+				return Install{}, nil, fmt.Errorf("render of %s: %w", dir, err)
+			}
+			args, err := containerArgs("DaemonSet "+d.Name, d.Spec.Template.Spec, d.Namespace)
+			if err != nil {
+				return Install{}, nil, err
+			}
+			agentArgs = args
+			in.Namespace, in.AgentDaemonSet, in.AgentAccount = d.Namespace, d.Name, d.Spec.Template.Spec.ServiceAccountName
+			if v := flagValues(args, "--inventory"); len(v) == 1 {
+				ns, name, _ := strings.Cut(v[0], "/")
+				if ns != d.Namespace {
+					return Install{}, nil, fmt.Errorf("render of %s: the agent's inventory %s is not in its namespace %s", dir, v[0], d.Namespace)
+				}
+				in.Inventory = name
+			}
+			for _, v := range flagValues(args, "--discovery-dir") {
+				class, path, _ := strings.Cut(v, "=")
+				switch path {
+				case "/mnt/tidb-localpv/tikv":
+					in.TiKVClass = class
+				case "/mnt/tidb-localpv/pd":
+					in.PDClass = class
+				}
+			}
+		case "Deployment":
+			deploys++
+			var d appsv1.Deployment
+			if err := yaml.Unmarshal([]byte(doc), &d); err != nil {
+				return Install{}, nil, fmt.Errorf("render of %s: %w", dir, err)
+			}
+			args, err := containerArgs("Deployment "+d.Name, d.Spec.Template.Spec, d.Namespace)
+			if err != nil {
+				return Install{}, nil, err
+			}
+			in.ControllerDeployment, in.ControllerAccount = d.Name, d.Spec.Template.Spec.ServiceAccountName
+			if v := flagValues(args, "--lease-name"); len(v) == 1 {
+				in.Lease = v[0]
+			}
+		}
+	}
+	if ds != 1 || deploys != 1 {
+		return Install{}, nil, fmt.Errorf("render of %s: %d DaemonSets and %d Deployments, want the agent's and the controller's", dir, ds, deploys)
+	}
+	if in.Inventory == "" || in.TiKVClass == "" || in.PDClass == "" || in.Lease == "" || in.AgentAccount == "" || in.ControllerAccount == "" {
+		return Install{}, nil, fmt.Errorf("render of %s: names missing from the workloads' arguments: %+v", dir, in)
+	}
+	return in, agentArgs, nil
+}
+
+// flagValues are the values of every --name=value in args.
+func flagValues(args []string, name string) []string {
+	var out []string
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, name+"="); ok {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 // AddRealNode starts a real node whose DaemonSet directories live below
@@ -126,9 +225,10 @@ func (e *Env) AddRealNode(ctx context.Context, name string) (*Node, error) {
 	return n, nil
 }
 
-// AgentPod is the DaemonSet's pod on this real node.
+// AgentPod is the DaemonSet's pod on this real node (in the install's
+// namespace).
 func (n *Node) AgentPod(ctx context.Context) (*corev1.Pod, error) {
-	pods, err := n.env.Cluster.Client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{
+	pods, err := n.env.Cluster.Client.CoreV1().Pods(n.env.Install.Namespace).List(ctx, metav1.ListOptions{
 		LabelSelector: labels.Set{"app.kubernetes.io/component": "agent"}.String(),
 		FieldSelector: "spec.nodeName=" + n.Name,
 	})

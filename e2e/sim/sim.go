@@ -19,6 +19,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/tidb-localpv/tidb-localpv/e2e/cluster"
@@ -49,6 +50,45 @@ type Options struct {
 	// packages, kubelet, containerd and kube-proxy, the image built from the
 	// work tree, and manifests/ applied with that image.
 	RealNodes bool
+	// Overlay is a kustomization directory relative to RepoRoot (e.g.
+	// "examples/prefixed") applied instead of manifests/, still with only
+	// the image replaced; Env.Install then holds the names it renders.
+	// Empty applies manifests/. It needs RealNodes: the process agents and
+	// controllers of kwok nodes (StartController, SetInventory) know
+	// manifests/' own names only.
+	Overlay string
+}
+
+// Install names what the env installed: the namespace and the objects the
+// agent and the controller run with and act on. An overlay may move them
+// to another namespace and rename them (namePrefix); the CRD and the node
+// host paths keep their names.
+type Install struct {
+	Namespace string
+	// AgentDaemonSet and ControllerDeployment are the workloads.
+	AgentDaemonSet, ControllerDeployment string
+	// AgentAccount and ControllerAccount are their ServiceAccounts.
+	AgentAccount, ControllerAccount string
+	// Inventory is the agent's inventory ConfigMap, in Namespace.
+	Inventory string
+	// TiKVClass and PDClass are the StorageClasses the agent publishes
+	// /mnt/tidb-localpv/tikv and /mnt/tidb-localpv/pd under.
+	TiKVClass, PDClass string
+	// Lease is the controller's leader-election Lease, in Namespace.
+	Lease string
+}
+
+// DefaultInstall is manifests/ as written.
+var DefaultInstall = Install{
+	Namespace:            Namespace,
+	AgentDaemonSet:       AgentDaemonSet,
+	ControllerDeployment: ControllerDeployment,
+	AgentAccount:         AgentAccount,
+	ControllerAccount:    ControllerAccount,
+	Inventory:            InventoryName,
+	TiKVClass:            "tidb-localpv-tikv",
+	PDClass:              "tidb-localpv-pd",
+	Lease:                "tidb-localpv-controller",
 }
 
 // Env is a control plane with our manifests applied and simulated nodes.
@@ -57,8 +97,12 @@ type Env struct {
 	Host    *hostdisk.Host
 	// Binary is our tidb-localpv binary, built from the work tree.
 	Binary string
-	// AgentArgs are the DaemonSet's container arguments, unrebased.
+	// AgentArgs are the DaemonSet's container arguments, unrebased (of
+	// the rendered overlay with Options.Overlay).
 	AgentArgs []string
+	// Install names the installed objects: DefaultInstall, or what
+	// Options.Overlay renders.
+	Install Install
 	// AgentKubeconfig authenticates as the agent's ServiceAccount.
 	AgentKubeconfig string
 	// ImageArchive and TestImages are the docker-archives of the image
@@ -105,7 +149,10 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 		}
 		opts.WorkDir = abs
 	}
-	e := &Env{Host: &hostdisk.Host{}, opts: opts}
+	if opts.Overlay != "" && !opts.RealNodes {
+		return nil, fmt.Errorf("overlay %s needs RealNodes: the process agents and controllers of kwok nodes run with manifests/' names", opts.Overlay)
+	}
+	e := &Env{Host: &hostdisk.Host{}, Install: DefaultInstall, opts: opts}
 	defer func() {
 		if err != nil {
 			e.Close()
@@ -148,11 +195,23 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 			return nil, err
 		}
 	}
-	if out, err := e.Cluster.Kubectl(ctx, "apply", "-k", manifests); err != nil {
-		return nil, fmt.Errorf("kubectl apply -k manifests/: %w: %s", err, out)
+	if opts.Overlay != "" {
+		// The names come from the render, not from the overlay's
+		// kustomization: what the pods run with is what counts.
+		if e.Install, e.AgentArgs, err = renderInstall(ctx, manifests); err != nil {
+			return nil, err
+		}
 	}
+	if out, err := e.Cluster.Kubectl(ctx, "apply", "-k", manifests); err != nil {
+		return nil, fmt.Errorf("kubectl apply -k %s: %w: %s", manifests, err, out)
+	}
+	// The agent's kubeconfig is for agents run as processes (kwok nodes);
+	// real nodes' agents use their pod's token. Under an overlay it is
+	// still made for the overlay's agent account, so that whoever uses it
+	// acts with the rights the overlay grants, never with a ServiceAccount
+	// the overlay did not create.
 	e.AgentKubeconfig = filepath.Join(opts.WorkDir, "agent.kubeconfig")
-	if err := e.Cluster.ServiceAccountKubeconfig(ctx, Namespace, AgentAccount, e.AgentKubeconfig); err != nil {
+	if err := e.Cluster.ServiceAccountKubeconfig(ctx, e.Install.Namespace, e.Install.AgentAccount, e.AgentKubeconfig); err != nil {
 		return nil, err
 	}
 	fmt.Fprintf(progress, "control plane up and manifests applied in %s\n", time.Since(t0).Round(time.Millisecond))
@@ -183,7 +242,14 @@ func ReadContainerArgs(path string) ([]string, error) {
 	if err := yaml.Unmarshal(data, &ds); err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
-	cs := ds.Spec.Template.Spec.Containers
+	return containerArgs(path, ds.Spec.Template.Spec, Namespace)
+}
+
+// containerArgs expands the first container's args of a pod template as
+// the kubelet would for a pod in namespace; path names the template in
+// errors.
+func containerArgs(path string, spec corev1.PodSpec, namespace string) ([]string, error) {
+	cs := spec.Containers
 	if len(cs) == 0 || len(cs[0].Args) == 0 {
 		return nil, fmt.Errorf("%s: no container args", path)
 	}
@@ -193,7 +259,7 @@ func ReadContainerArgs(path string) ([]string, error) {
 		case e.ValueFrom == nil:
 			vars[e.Name] = e.Value
 		case e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.namespace":
-			vars[e.Name] = Namespace
+			vars[e.Name] = namespace
 		}
 	}
 	args := make([]string, len(cs[0].Args))
