@@ -231,3 +231,29 @@ func TestSync_AStuckPodIsReCheckedFreshBeforeItsClaimIsReleased(t *testing.T) {
 		require.NotEqual(t, "delete", a.GetVerb(), "the pod is Ready now: %v", a)
 	}
 }
+
+// Model check, seed 1796104972508720020: demo-pd-1 on a fresh disk crash-
+// looped while its previous disk's member of the same name was listed; the
+// operator deleted that member, the pod joined as member 1010 and turned
+// Ready — all within the PD cache's lifetime. The controller recorded the
+// deleted member from its cached list as the new disk's owner: once that
+// member counted as gone, the live member's disk would be released.
+func TestSync_APDMemberIsRecordedFromAnAnswerYoungerThanThePodsReadiness(t *testing.T) {
+	w := newCachedWorld(t, pdMemberObjects(false)...)
+	w.c.pd = newPDView(func(string) (PD, error) { return w.pd, nil }, 30*time.Second, w.clock)
+	w.pd.members = []pd.Member{pdMember("demo-pd-0", 1001, ns), pdMember("demo-pd-1", 1008, ns)}
+	w.catchUp()
+	require.NoError(t, w.c.SyncPV(w.ctx, pvName)) // caches PD's answer
+	require.False(t, provisioner.Owned(w.pv(pvName)))
+
+	w.clock.Step(2 * time.Second)
+	w.pd.members = []pd.Member{pdMember("demo-pd-0", 1001, ns), pdMember("demo-pd-1", 1010, ns)}
+	pod, err := w.client.CoreV1().Pods(ns).Get(w.ctx, "demo-pd-1", metav1.GetOptions{})
+	require.NoError(t, err)
+	pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: metav1.NewTime(w.clock.Now().Truncate(time.Second))}}
+	_, err = w.client.CoreV1().Pods(ns).UpdateStatus(w.ctx, pod, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	w.catchUp()
+	require.NoError(t, w.c.SyncPV(w.ctx, pvName))
+	require.Equal(t, "1010", w.pv(pvName).Annotations[provisioner.AnnPDMemberID], "the member the pod joined as, not the one its previous disk left")
+}

@@ -42,6 +42,8 @@ type owner struct {
 	// a pod on a fresh disk cannot join while its previous disk's member
 	// of the same name is listed, and is never Ready meanwhile.
 	Ready bool
+	// ReadySince is when the pod last turned Ready (whole seconds).
+	ReadySince time.Time
 	// Labels to render the PD endpoint template with.
 	Labels map[string]string
 	// Instance is the TiDB Operator v2 instance object the claim belongs
@@ -76,7 +78,7 @@ func kubeOwner(pv *corev1.PersistentVolume, pvc *corev1.PersistentVolumeClaim, p
 	case pod != nil:
 		o.Pod = pod.Name
 		o.Started = podStarted(pod)
-		o.Ready = podReady(pod)
+		o.Ready, o.ReadySince = podReady(pod)
 	case pvc.Annotations[annPodName] != "":
 		o.Pod = pvc.Annotations[annPodName]
 	default:
@@ -113,13 +115,14 @@ func podStarted(p *corev1.Pod) time.Time {
 	return p.CreationTimestamp.Time
 }
 
-func podReady(p *corev1.Pod) bool {
+// podReady is the pod's Ready condition and when it last changed.
+func podReady(p *corev1.Pod) (bool, time.Time) {
 	for _, c := range p.Status.Conditions {
 		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
+			return c.Status == corev1.ConditionTrue, c.LastTransitionTime.Time
 		}
 	}
-	return false
+	return false, time.Time{}
 }
 
 // podObject keeps a nil pod a nil interface.

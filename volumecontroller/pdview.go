@@ -136,13 +136,21 @@ func indexStores(list []pd.StoreInfo) storeIndex {
 }
 
 func (v *pdView) membersCached(ctx context.Context, url string) (pd.Members, error) {
+	return v.membersSince(ctx, url, time.Time{})
+}
+
+// membersSince is membersCached, asked afresh unless the cached answer is
+// younger than since. Kubernetes stamps conditions in whole seconds, so an
+// answer from the second of since counts as older.
+func (v *pdView) membersSince(ctx context.Context, url string, since time.Time) (pd.Members, error) {
 	e, err := v.endpoint(url)
 	if err != nil {
 		return pd.Members{}, err
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if now := v.clock.Now(); e.membersAt.IsZero() || now.Sub(e.membersAt) >= v.ttl {
+	stale := !since.IsZero() && e.membersAt.Before(since.Add(time.Second))
+	if now := v.clock.Now(); stale || e.membersAt.IsZero() || now.Sub(e.membersAt) >= v.ttl {
 		e.members, e.memErr = e.client.Members(ctx)
 		e.membersAt = now
 	}

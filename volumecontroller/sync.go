@@ -161,7 +161,10 @@ func (c *Controller) confirmOwner(ctx context.Context, endpoint string, o owner,
 		rec.StoreID, rec.ClusterID = s.ID, stores.clusterID
 		rec.State, rec.Seen = s.Phase().String(), now
 	default:
-		m, err := c.pd.membersCached(ctx, endpoint)
+		// A member list from before the pod turned Ready may list the
+		// member its previous disk left under the same name, deleted
+		// since and replaced by the pod's own: ask afresh.
+		m, err := c.pd.membersSince(ctx, endpoint, o.ReadySince)
 		if err != nil {
 			return rec, false, fmt.Sprintf("PD: %v", err)
 		}
