@@ -90,10 +90,6 @@ func BenchmarkRealNodeClaimDeletedToAvailable100k(b *testing.B) {
 	_, err = re.env.SetInventory(ctx, fmt.Sprintf("disks:\n- node: node-a\n  device: %s\n  storageClass: tidb-localpv-tikv\n  format: true\n", dev))
 	require.NoError(b, err)
 	waitPV(ctx, b, re.env, "node-a", nodePath(filepath.Base(dev)), corev1.VolumeAvailable)
-	// Retire the entry (the mount stays, a disk found by discovery): the
-	// inventory pass races a reformat wipe otherwise (see TestRealNodes).
-	_, err = re.env.SetInventory(ctx, "disks: []\n")
-	require.NoError(b, err)
 	manualDev, err := re.env.Host.AttachLoop(filepath.Join(re.work, "contents.img"), 2048)
 	require.NoError(b, err)
 	require.NoError(b, hostdisk.Mkfs(manualDev, "ext4"))

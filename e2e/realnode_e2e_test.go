@@ -125,14 +125,9 @@ func TestRealNodes(t *testing.T) {
 			require.Eventually(t, func() bool { return dataOf(t, host)["LOCK"] == -1 }, realWait, tick, "no pod wrote into %s", host)
 		}
 		t.Logf("3 pods wrote into %v", keys(disks))
-		// Work-around, test only: the agent's inventory pass mounts an
-		// inventory device it finds unmounted even while a reformat wipe
-		// holds its path (daemon/prepare.go does not check pathBusy), and the
-		// wipe's own mount then fails ("already mounted"): the disk comes back
-		// under a new identity. Retiring the entries first (the mounts stay,
-		// as disks found by discovery) keeps that pass out of the way.
-		_, err = re.env.SetInventory(ctx, "disks: []\n")
-		require.NoError(t, err)
+		// The inventory entries stay: the reformat wipes below own their
+		// devices while the inventory pass runs beside them (issue 7's one
+		// actor per device; this once needed the entries retired first).
 
 		scaleStatefulSet(ctx, t, re.env, sts, 0, 3)
 		for _, pv := range pvs {

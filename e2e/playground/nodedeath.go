@@ -116,7 +116,7 @@ func (s *story) nodeDeath(ctx context.Context) error {
 	s.say("The disk of %s still holds store %d's data (%s): nobody wiped it. If the node", v.node, v.store, s.chron.short(data))
 	s.say("comes back, its agent finds the disk without a PV and wipes it before publishing it again.")
 	s.say("  node deleted → %s Running elsewhere:   %s", v.pod, running.Sub(deleted).Round(time.Millisecond))
-	return s.table(ctx)
+	return s.wideTables(ctx)
 }
 
 // victim picks the TiKV pod to lose with its node: one alone on its node

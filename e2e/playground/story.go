@@ -347,5 +347,20 @@ func (s *story) table(ctx context.Context) error {
 	return nil
 }
 
+// wideTables prints the disks as an operator digging deeper sees them:
+// the LocalDisk objects through kubectl, and `tidb-localpv disks -o wide`.
+func (s *story) wideTables(ctx context.Context) error {
+	objs, err := s.env.Cluster.Kubectl(ctx, "get", "localdisks")
+	if err != nil {
+		return fmt.Errorf("kubectl get localdisks: %w: %s", err, objs)
+	}
+	wide, err := s.env.DisksTable(ctx, "-o", "wide")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(s.out, "\n$ kubectl get localdisks\n%s\n$ tidb-localpv disks -o wide --kubeconfig %s\n%s", objs, s.env.Cluster.AdminKubeconfig, wide)
+	return nil
+}
+
 // line prints one whole line (the chronicle's).
 func (s *story) line(l string) { fmt.Fprintln(s.out, l) }

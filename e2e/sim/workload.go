@@ -79,9 +79,9 @@ func (e *Env) SetInventory(ctx context.Context, doc string) (*corev1.ConfigMap, 
 }
 
 // DisksTable runs `tidb-localpv disks` as an operator would, with the admin
-// kubeconfig, and returns its table.
-func (e *Env) DisksTable(ctx context.Context) (string, error) {
-	cmd := exec.CommandContext(ctx, e.Binary, "disks", "--kubeconfig", e.Cluster.AdminKubeconfig)
+// kubeconfig and any further arguments (-o wide), and returns its table.
+func (e *Env) DisksTable(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, e.Binary, append([]string{"disks", "--kubeconfig", e.Cluster.AdminKubeconfig}, args...)...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("tidb-localpv disks: %w: %s", err, strings.TrimSpace(string(out)))
