@@ -5,7 +5,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -288,27 +287,8 @@ func TestPrefixedOverlay_RunsTheWholeLifecycle(t *testing.T) {
 // install's namespace.
 func startOverlayEnv(t testing.TB, overlay string, nodes ...string) *realEnv {
 	t.Helper()
-	requireRealNodes(t)
-	root, err := sim.FindRepoRoot()
-	require.NoError(t, err)
-	work, err := os.MkdirTemp("", "tlpv-overlay-")
-	require.NoError(t, err)
-	startCtx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-	t.Cleanup(cancel)
-	start := time.Now()
-	env, err := sim.Start(startCtx, sim.Options{RepoRoot: root, WorkDir: work, Progress: testLog{t}, RealNodes: true, Overlay: overlay})
-	if err != nil {
-		_ = os.RemoveAll(work)
-	}
-	require.NoError(t, err)
-	re := &realEnv{env: env, nodes: map[string]*sim.Node{}, work: work, started: start}
-	t.Cleanup(func() {
-		if t.Failed() {
-			re.dumpLogs(t)
-		}
-		require.NoError(t, env.Close(), "teardown must leave nothing behind")
-		_ = os.RemoveAll(work)
-	})
+	re := startRealClusterWith(t, overlay)
+	env := re.env
 	ctx := context.Background()
 	for _, name := range nodes {
 		re.addNode(t, name)
@@ -330,7 +310,7 @@ func startOverlayEnv(t testing.TB, overlay string, nodes ...string) *realEnv {
 	// remove the last Up store.
 	p.Sim.RegisterStore(anchorStore)
 	require.NoError(t, env.ExposePD(ctx, p, tidbNS, tidbInstance))
-	t.Logf("overlay %s on %d real nodes: agents and controllers Ready in %s", overlay, len(nodes), time.Since(start).Round(time.Millisecond))
+	t.Logf("overlay %s on %d real nodes: agents and controllers Ready in %s", overlay, len(nodes), time.Since(re.started).Round(time.Millisecond))
 	return re
 }
 

@@ -108,6 +108,13 @@ func (re *realEnv) addNode(t testing.TB, name string) *sim.Node {
 // manifests applied, and no node yet.
 func startRealCluster(t testing.TB) *realEnv {
 	t.Helper()
+	return startRealClusterWith(t, "")
+}
+
+// startRealClusterWith is startRealCluster with the install applied through
+// overlay (a directory of the repository; "" is manifests/ itself).
+func startRealClusterWith(t testing.TB, overlay string) *realEnv {
+	t.Helper()
 	requireRealNodes(t)
 	root, err := sim.FindRepoRoot()
 	require.NoError(t, err)
@@ -116,7 +123,7 @@ func startRealCluster(t testing.TB) *realEnv {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	t.Cleanup(cancel)
 	start := time.Now()
-	env, err := sim.Start(ctx, sim.Options{RepoRoot: root, WorkDir: work, Progress: testLog{t}, RealNodes: true})
+	env, err := sim.Start(ctx, sim.Options{RepoRoot: root, WorkDir: work, Progress: testLog{t}, RealNodes: true, Overlay: overlay})
 	if err != nil {
 		_ = os.RemoveAll(work)
 	}
