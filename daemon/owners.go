@@ -62,7 +62,7 @@ func (a *Agent) keepOwner(ctx context.Context, pv *corev1.PersistentVolume) erro
 	}
 	// The time the owner was last seen changes with every PD poll; the
 	// state it was seen in changes rarely and is kept: only an owner last
-	// seen leaving may later count as gone.
+	// seen buried may later count as gone.
 	rec.Seen = time.Time{}
 	data, err := rec.MarshalRecord()
 	if err != nil {

@@ -80,14 +80,6 @@ func (o Ownership) Valid() bool {
 	return o.Claim != "" && (o.StoreID != 0 || o.Member != "")
 }
 
-// Leaving reports whether the owner was last seen on its way out of PD
-// (a store Offline or Tombstone). Of those, only one last seen Tombstone
-// that then vanishes from its own cluster's PD counts as gone: an Offline
-// one may have been lost by pd-recover before it drained.
-func (o Ownership) Leaving() bool {
-	return o.State == "Offline" || o.State == "Tombstone"
-}
-
 // OwnershipOf reads the record on pv, whatever claim it is for; ok is false
 // when pv records no owner at all.
 func OwnershipOf(pv *corev1.PersistentVolume) (Ownership, bool) {

@@ -33,7 +33,6 @@ func TestOwnership_AnnotationsRoundTrip(t *testing.T) {
 	require.True(t, ok)
 	rec.ClaimName = "tidb/tikv-demo-tikv-0"
 	require.Equal(t, rec, got)
-	require.True(t, rec.Leaving())
 }
 
 // renderedForTest is a PV of claim tidb/tikv-demo-tikv-0 (UID "uid")

@@ -298,7 +298,8 @@ func (c *Controller) enqueueNode(obj any) {
 // Start starts the informers and waits for their caches; standbys run it
 // too, so that a new leader acts on a warm cache at once.
 func (c *Controller) Start(ctx context.Context) error {
-	// With caller-filled Caches there is nothing to start or wait for.
+	// With caller-filled Caches only the LocalDisk informer (given a
+	// dynamic client) is started here.
 	for _, f := range c.factories {
 		f.Start(ctx.Done())
 	}

@@ -86,7 +86,7 @@ type OwnerFacts struct {
 	Why string
 	// Phase of the TiKV store (PhaseTombstone also when PD no longer lists it).
 	Phase pd.Phase
-	// Removed: the store was last seen leaving and is no longer in its own
+	// Removed: the store was last seen buried and is no longer in its own
 	// cluster's PD, or the member is gone from a membership that carries on.
 	Removed bool
 	// ClusterID is the cluster of the PD that answered.

@@ -261,8 +261,8 @@ func (c *Controller) syncReleased(ctx context.Context, pv *corev1.PersistentVolu
 			facts = OwnerFacts{Err: err, Why: unknownPD}
 		} else {
 			facts = c.recordedFacts(ctx, t.endpoint, rec)
-			// Keep watching the owner leave: only an owner last seen
-			// leaving may later count as gone when PD drops it.
+			// Keep watching the owner leave: only a store last seen
+			// buried may later count as gone when PD drops it.
 			t.rec = refreshRecord(rec, facts, c.clock.Now())
 			if err := c.writeOwnership(ctx, pv, t.rec); err != nil {
 				return err
