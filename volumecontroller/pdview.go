@@ -88,13 +88,20 @@ var allStores = []pd.StoreState{pd.StoreUp, pd.StoreOffline, pd.StoreTombstone}
 // ttl old. Errors are cached as well, so an unreachable PD is not hammered
 // by every PV.
 func (v *pdView) storesCached(ctx context.Context, url string) (storeIndex, error) {
+	return v.storesSince(ctx, url, time.Time{})
+}
+
+// storesSince is storesCached, asked afresh unless the cached answer is
+// younger than since (whole seconds, as Kubernetes stamps times).
+func (v *pdView) storesSince(ctx context.Context, url string, since time.Time) (storeIndex, error) {
 	e, err := v.endpoint(url)
 	if err != nil {
 		return storeIndex{}, err
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if now := v.clock.Now(); e.storesAt.IsZero() || now.Sub(e.storesAt) >= v.ttl {
+	stale := !since.IsZero() && e.storesAt.Before(since.Add(time.Second))
+	if now := v.clock.Now(); stale || e.storesAt.IsZero() || now.Sub(e.storesAt) >= v.ttl {
 		e.stores, e.storesErr = listStores(ctx, e.client)
 		e.storesAt = now
 	}

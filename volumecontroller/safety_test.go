@@ -373,3 +373,27 @@ func TestConfirmMember_OnlyAMemberWhoseURLsNameTheReadyPodIsItsOwn(t *testing.T)
 		})
 	}
 }
+
+// Found by the v2 scale-in e2e: v2 buries the store, then deletes the
+// claim, within the PD cache's lifetime. Judged on the answer cached before
+// the claim went, the controller warned that the store was Up.
+func TestSync_AReleasedPVIsJudgedOnAPDAnswerYoungerThanTheRelease(t *testing.T) {
+	w := newWorld(t, tikvObjects(true)...)
+	w.recordOwner()
+	w.c.pd = newPDView(func(string) (PD, error) { return w.pd, nil }, 30*time.Second, w.clock)
+	w.removePod()
+	require.NoError(t, w.c.sync(w.ctx, pvName)) // caches "store 7 Up"
+
+	w.pd.set(7, "Tombstone")
+	require.NoError(t, w.client.CoreV1().PersistentVolumeClaims(ns).Delete(w.ctx, pvcName, metav1.DeleteOptions{}))
+	pv := w.pv()
+	pv.Status.Phase = corev1.VolumeReleased
+	pv.Status.LastPhaseTransitionTime = ptr.To(metav1.NewTime(w.clock.Now().Truncate(time.Second)))
+	_, err := w.client.CoreV1().PersistentVolumes().UpdateStatus(w.ctx, pv, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	w.waitCaches()
+	w.events() // what came before
+	require.NoError(t, w.c.sync(w.ctx, pvName))
+	require.NotContains(t, w.events(), "is Up in PD", "no false alarm from an answer older than the release")
+	require.Equal(t, string(w.pv().Spec.ClaimRef.UID), w.pv().Annotations[provisioner.AnnReleaseApproved], "the wipe is approved at once")
+}

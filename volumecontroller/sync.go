@@ -103,7 +103,7 @@ func (c *Controller) syncBound(ctx context.Context, pv *corev1.PersistentVolume,
 		facts = OwnerFacts{Err: err, Why: unknownPD}
 		unresolved = err.Error()
 	} else if owned {
-		facts = c.recordedFacts(ctx, t.endpoint, rec)
+		facts = c.recordedFacts(ctx, t.endpoint, rec, time.Time{})
 		rec = refreshRecord(rec, facts, c.clock.Now())
 	} else {
 		rec, owned, unresolved = c.confirmOwner(ctx, t.endpoint, o, rec, pvc)
@@ -195,14 +195,16 @@ func (c *Controller) undrainable(ctx context.Context, endpoint string, id uint64
 }
 
 // recordedFacts is what PD (through the short cache) says of a recorded owner.
-func (c *Controller) recordedFacts(ctx context.Context, endpoint string, rec provisioner.Ownership) OwnerFacts {
+// recordedFacts reads the recorded owner from PD, through the short cache
+// unless its answer is older than since.
+func (c *Controller) recordedFacts(ctx context.Context, endpoint string, rec provisioner.Ownership, since time.Time) OwnerFacts {
 	if rec.Component == ComponentTiKV {
-		stores, err := c.pd.storesCached(ctx, endpoint)
+		stores, err := c.pd.storesSince(ctx, endpoint, since)
 		f := storeFacts(stores, err, rec)
 		f.ClusterID = stores.clusterID
 		return f
 	}
-	m, err := c.pd.membersCached(ctx, endpoint)
+	m, err := c.pd.membersSince(ctx, endpoint, since)
 	f := memberFacts(m, err, rec)
 	f.ClusterID = m.ClusterID
 	return f
@@ -260,7 +262,15 @@ func (c *Controller) syncReleased(ctx context.Context, pv *corev1.PersistentVolu
 		if t.endpoint, err = c.endpoint(ctx, t.owner); err != nil {
 			facts = OwnerFacts{Err: err, Why: unknownPD}
 		} else {
-			facts = c.recordedFacts(ctx, t.endpoint, rec)
+			// The claim went after the cached answer was fetched: the owner
+			// often left PD in between (a scale-in buries the store, then
+			// the operator deletes the claim), and a refusal read from
+			// before would be a false alarm.
+			var released time.Time
+			if pv.Status.LastPhaseTransitionTime != nil {
+				released = pv.Status.LastPhaseTransitionTime.Time
+			}
+			facts = c.recordedFacts(ctx, t.endpoint, rec, released)
 			// Keep watching the owner leave: only a store last seen
 			// buried may later count as gone when PD drops it.
 			t.rec = refreshRecord(rec, facts, c.clock.Now())
