@@ -43,8 +43,10 @@ func TestTeardown_AfterAFailingScenario_LeavesNothing(t *testing.T) {
 		_ = os.RemoveAll(work)
 	})
 
+	nodes := map[string]*sim.Node{}
 	for _, name := range []string{"node-a", "node-b"} {
 		n, err := env.AddNode(ctx, name)
+		nodes[name] = n
 		require.NoError(t, err)
 		for i := range 2 {
 			_, err := n.MountDisk("tidb-localpv-tikv", fmt.Sprintf("disk%d", i), "16m")
@@ -58,8 +60,7 @@ func TestTeardown_AfterAFailingScenario_LeavesNothing(t *testing.T) {
 	require.NoError(t, err)
 	_, err = env.SetInventory(ctx, fmt.Sprintf("disks:\n- node: node-a\n  device: %s\n  storageClass: tidb-localpv-tikv\n  format: true\n", dev))
 	require.NoError(t, err)
-	na := filepath.Join(work, "nodes", "node-a")
-	target := filepath.Join(na, "mnt/tidb-localpv/tidb-localpv-tikv", filepath.Base(dev))
+	target := filepath.Join(nodes["node-a"].ClassDir("tidb-localpv-tikv"), filepath.Base(dev))
 	waitPV(ctx, t, env, "node-a", target, corev1.VolumeAvailable)
 	require.Equal(t, dev, mountSource(t, target), "the agent mounted the inventory device")
 
