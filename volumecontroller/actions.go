@@ -468,10 +468,11 @@ func (c *Controller) checkMounters(ctx context.Context, d Decision, t target) (*
 }
 
 // stillStuck re-checks, on the fresh pod, node and PV, what made the cached
-// pod look stuck: not Ready for the stuck-pod grace, or its disk's node (or,
-// for a failed-disk decision, the disk) dead.
+// pod look stuck, as the policy judged it: a StatefulSet's or v2 instance's
+// pod not Ready for the stuck-pod grace, or its disk's node (or, for a
+// failed-disk decision, the disk) dead.
 func (c *Controller) stillStuck(ctx context.Context, d Decision, p *corev1.Pod, t target) error {
-	if f := c.podFacts(p, owner{}); f.OnStatefulSet && !f.Ready && f.NotReadyFor >= c.cfg.Policy.StuckPodGrace {
+	if f := c.podFacts(p, t.owner); (f.OnStatefulSet || f.OnInstance) && !f.Ready && f.NotReadyFor >= c.cfg.Policy.StuckPodGrace {
 		return nil
 	}
 	pv, err := c.freshPV(ctx, t.pv)

@@ -194,7 +194,11 @@ func (c *Controller) deleteInstance(ctx context.Context, d Decision, t target) e
 	if err := c.recheckNotUp(ctx, t, rec, ownerGoneDecision(d)); err != nil {
 		return err
 	}
-	if _, err := c.checkMounters(ctx, Decision{Action: ActReleaseWithPod}, t); err != nil {
+	// Only the decided pod may mount the claim, and it must still be stuck
+	// for the decision's reason (a dead node, a failed disk or the grace).
+	mounted := d
+	mounted.Action = ActReleaseWithPod
+	if _, err := c.checkMounters(ctx, mounted, t); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {

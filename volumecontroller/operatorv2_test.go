@@ -247,3 +247,32 @@ func TestSyncV2_AStoreUpAgainAtTheFreshReadStopsTheInstanceDeletion(t *testing.T
 	require.NoError(t, w.sync())
 	require.Empty(t, w.instanceDeletes())
 }
+
+// The release-with-pod re-check added from the model check judged "still
+// stuck" by StatefulSet pods only, and instance deletion called it with a
+// made-up decision: a v2 pod stuck on its buried store's disk, on a node
+// that is fine, was never replaced.
+func TestSyncV2_ABuriedStoresStuckPodOnALiveNodeGetsItsInstanceDeleted(t *testing.T) {
+	w := newV2World(t, v2Instance0("inst-uid", nil))
+	require.NoError(t, w.sync())
+	pod, err := w.client.CoreV1().Pods(ns).Get(w.ctx, v2Pod, metav1.GetOptions{})
+	require.NoError(t, err)
+	pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionFalse, LastTransitionTime: metav1.NewTime(testNow)}}
+	_, err = w.client.CoreV1().Pods(ns).UpdateStatus(w.ctx, pod, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		for _, idx := range w.c.podIndexes {
+			o, ok, _ := idx.GetByKey(ns + "/" + v2Pod)
+			if !ok || len(o.(*corev1.Pod).Status.Conditions) == 0 || o.(*corev1.Pod).Status.Conditions[0].Status != corev1.ConditionFalse {
+				return false
+			}
+		}
+		return true
+	}, 5*time.Second, time.Millisecond, "the caches see the pod not Ready")
+	w.pd.set(7, "Tombstone")
+	w.clock.Step(testPolicy.StuckPodGrace + time.Second)
+	require.NoError(t, w.sync())
+	dels := w.instanceDeletes()
+	require.Len(t, dels, 1, "%s", w.events())
+	require.Equal(t, types.UID("inst-uid"), *dels[0].GetDeleteOptions().Preconditions.UID)
+}
