@@ -378,7 +378,7 @@ func (c *Controller) release(ctx context.Context, d Decision, t target) error {
 		if err := c.recheckGone(ctx, t, rec); err != nil {
 			return err
 		}
-		pod, err := c.checkMounters(ctx, d, t)
+		pod, err := c.checkMounters(ctx, d, t, pv)
 		if err != nil || pod == nil {
 			return err
 		}
@@ -390,7 +390,7 @@ func (c *Controller) release(ctx context.Context, d Decision, t target) error {
 	if err := c.recheckGone(ctx, t, rec); err != nil {
 		return err
 	}
-	pod, err := c.checkMounters(ctx, d, t)
+	pod, err := c.checkMounters(ctx, d, t, pv)
 	if err != nil {
 		return err
 	}
@@ -444,8 +444,9 @@ func releaseReason(t target, d Decision) string {
 
 // checkMounters lists the claim's namespace afresh (every pod, not only the
 // cached TiKV/PD ones): no pod may mount the claim, except — for a release
-// with pod — the very pod decided on.
-func (c *Controller) checkMounters(ctx context.Context, d Decision, t target) (*corev1.Pod, error) {
+// with pod — the very pod decided on, still stuck. pv is the caller's fresh
+// read of the PV.
+func (c *Controller) checkMounters(ctx context.Context, d Decision, t target, pv *corev1.PersistentVolume) (*corev1.Pod, error) {
 	pods, err := c.client.CoreV1().Pods(t.pvc.Namespace).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list pods mounting the claim: %w", err)
@@ -459,7 +460,7 @@ func (c *Controller) checkMounters(ctx context.Context, d Decision, t target) (*
 		if d.Action != ActReleaseWithPod || t.pod == nil || p.UID != t.pod.UID {
 			return nil, fmt.Errorf("%w: pod %s mounts the claim", errRecheck, p.Name)
 		}
-		if err := c.stillStuck(ctx, d, p, t); err != nil {
+		if err := c.stillStuck(ctx, d, p, t, pv); err != nil {
 			return nil, err
 		}
 		stuck = p
@@ -471,13 +472,9 @@ func (c *Controller) checkMounters(ctx context.Context, d Decision, t target) (*
 // pod look stuck, as the policy judged it: a StatefulSet's or v2 instance's
 // pod not Ready for the stuck-pod grace, or its disk's node (or, for a
 // failed-disk decision, the disk) dead.
-func (c *Controller) stillStuck(ctx context.Context, d Decision, p *corev1.Pod, t target) error {
+func (c *Controller) stillStuck(ctx context.Context, d Decision, p *corev1.Pod, t target, pv *corev1.PersistentVolume) error {
 	if f := c.podFacts(p, t.owner); (f.OnStatefulSet || f.OnInstance) && !f.Ready && f.NotReadyFor >= c.cfg.Policy.StuckPodGrace {
 		return nil
-	}
-	pv, err := c.freshPV(ctx, t.pv)
-	if err != nil {
-		return err
 	}
 	if err := c.recheckDead(ctx, d, pv); err != nil {
 		return fmt.Errorf("pod %s is no longer stuck: %w", p.Name, err)

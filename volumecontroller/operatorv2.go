@@ -198,7 +198,7 @@ func (c *Controller) deleteInstance(ctx context.Context, d Decision, t target) e
 	// for the decision's reason (a dead node, a failed disk or the grace).
 	mounted := d
 	mounted.Action = ActReleaseWithPod
-	if _, err := c.checkMounters(ctx, mounted, t); err != nil {
+	if _, err := c.checkMounters(ctx, mounted, t, pv); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
