@@ -61,11 +61,17 @@ func (v kubeVersion) ldflags() string {
 // staging modules at ./staging; a generated module requires it and points
 // them at their published versions instead.
 func (b *builder) buildKube(ctx context.Context, outDir string) error {
+	return b.buildKubeCommands(ctx, "kube", outDir, kubeCommands())
+}
+
+// buildKubeCommands builds commands of k8s.io/kubernetes at the configured
+// version into outDir, through a generated module (see buildKube).
+func (b *builder) buildKubeCommands(ctx context.Context, what, outDir string, cmds []string) error {
 	v, err := parseKubeVersion(b.opts.KubeVersion)
 	if err != nil {
 		return err
 	}
-	mod, err := os.MkdirTemp("", "tidb-localpv-kubebuild-*")
+	mod, err := os.MkdirTemp("", "tidb-localpv-"+what+"build-*")
 	if err != nil {
 		return err
 	}
@@ -82,14 +88,14 @@ func (b *builder) buildKube(ctx context.Context, outDir string) error {
 	if err := os.WriteFile(filepath.Join(mod, "go.mod"), goMod, 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(mod, "tools.go"), toolsGo(kubeCommands()), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(mod, "tools.go"), toolsGo(cmds), 0o644); err != nil {
 		return err
 	}
-	if err := b.runGoLong(ctx, "kube: go mod tidy", mod, nil, "mod", "tidy"); err != nil {
+	if err := b.runGoLong(ctx, what+": go mod tidy", mod, nil, "mod", "tidy"); err != nil {
 		return err
 	}
 	args := []string{"build", "-v", "-trimpath", "-ldflags", v.ldflags(), "-o", outDir + string(filepath.Separator)}
-	return b.runGoLong(ctx, "kube binaries", mod, nil, append(args, kubeCommands()...)...)
+	return b.runGoLong(ctx, what+" binaries", mod, nil, append(args, cmds...)...)
 }
 
 // downloadGoMod fetches a module's go.mod through the module proxy.

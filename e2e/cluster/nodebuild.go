@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 )
 
@@ -111,33 +110,5 @@ func (b *builder) buildContainerd(ctx context.Context, outDir, version string) e
 // Go build cache it is a relink. It is its own component so that adding it
 // did not invalidate the cached control plane.
 func (b *builder) buildKubeProxy(ctx context.Context, outDir string) error {
-	v, err := parseKubeVersion(b.opts.KubeVersion)
-	if err != nil {
-		return err
-	}
-	mod, err := os.MkdirTemp("", "tidb-localpv-kubeproxybuild-*")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(mod)
-	upstream, err := b.downloadGoMod(ctx, mod, "k8s.io/kubernetes@"+v.Full)
-	if err != nil {
-		return err
-	}
-	goMod, err := kubeGoMod(upstream, v)
-	if err != nil {
-		return err
-	}
-	const cmd = "k8s.io/kubernetes/cmd/kube-proxy"
-	if err := os.WriteFile(filepath.Join(mod, "go.mod"), goMod, 0o644); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(mod, "tools.go"), toolsGo([]string{cmd}), 0o644); err != nil {
-		return err
-	}
-	if err := b.runGoLong(ctx, "kube-proxy: go mod tidy", mod, nil, "mod", "tidy"); err != nil {
-		return err
-	}
-	return b.runGoLong(ctx, "kube-proxy", mod, nil,
-		"build", "-v", "-trimpath", "-ldflags", v.ldflags(), "-o", filepath.Join(outDir, "kube-proxy"), cmd)
+	return b.buildKubeCommands(ctx, "kube-proxy", outDir, []string{"k8s.io/kubernetes/cmd/kube-proxy"})
 }
