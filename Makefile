@@ -17,6 +17,11 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 CACHE     ?= $(or $(TIDB_LOCALPV_CACHE),$(HOME)/.cache/tidb-localpv)
 FUZZTIME  ?= 30s
 E2E_TIMEOUT ?= 60m
+# Scenarios on simulated nodes run this many at a time, each on a control
+# plane of its own: they mostly wait (on poll intervals, graces, kubelet), so
+# even two cores keep several busy. The real-node scenarios run beside them
+# from the start, taking turns on a machine-wide lock (e2e/env_test.go).
+E2E_PARALLEL ?= 4
 IMAGE     ?= tidb-localpv.local/tidb-localpv:$(VERSION)
 MODELTIME ?= 60s
 SOAK      ?= 30m
@@ -36,7 +41,7 @@ build: ## build bin/tidb-localpv (and bin/kubectl-tidb_localpv, the kubectl plug
 image: ## build the image without Docker: $(BIN)/tidb-localpv-image.tar (docker load / ctr import / crane push), named $(IMAGE)
 	$(GO) run ./e2e/image/cmd/build-image -out $(BIN)/tidb-localpv-image.tar -version $(VERSION) -tag $(IMAGE) -cache-dir $(CACHE)
 
-test: lint unit model manifests-test fuzz e2e demo-smoke ## the full suite (run as root to include the real-disk tests; CI=1 makes skipped root tests fail)
+test: lint unit model manifests-test fuzz e2e ## the full suite (the playground's story, as make demo-smoke tells it, runs among the e2e scenarios) (run as root to include the real-disk tests; CI=1 makes skipped root tests fail)
 	@echo "make test: all passed"
 
 unit: ## unit and root-only tests, with the race detector
@@ -63,9 +68,11 @@ fuzz: ## bounded fuzzing of the parsers ($(FUZZTIME) each)
 e2e-prepare: ## install missing host packages (root) and build (or reuse) every binary and the image base in $(CACHE), printing progress
 	$(GO) run ./e2e/cluster/cmd/prepare -cache-dir $(CACHE)
 
-e2e: e2e-prepare ## the scenarios on a real control plane
-	@echo "== e2e scenarios"
-	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -v ./e2e/...
+e2e: e2e-prepare ## the scenarios on real control planes, $(E2E_PARALLEL) at a time, and the playground's story
+	@echo "== e2e: the harness's own checks"
+	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -run '^TestCluster' -parallel $(E2E_PARALLEL) -v ./e2e/cluster/
+	@echo "== e2e scenarios ($(E2E_PARALLEL) on simulated nodes at a time, the real-node ones beside them)"
+	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -parallel 64 -v ./e2e/ -args -e2e.scenarios=$(E2E_PARALLEL)
 
 bench: e2e-prepare ## benchmarks that print figures (wipe time, mount→PV, Tombstone→Available, controller resync, real nodes)
 	$(GO) test -run='^$$' -bench=. -benchtime=3x -benchmem ./provisioner/ ./daemon/ ./volumecontroller/...

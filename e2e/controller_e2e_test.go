@@ -258,10 +258,12 @@ func scaleInTiKV(t *testing.T, pdOutage bool) {
 }
 
 func TestScaleIn_TombstoneStoreDiskIsWipedAndAvailableAgain(t *testing.T) {
+	t.Parallel()
 	scaleInTiKV(t, false)
 }
 
 func TestScaleIn_PDUnreachable_NothingDestroyedUntilItIsBack(t *testing.T) {
+	t.Parallel()
 	scaleInTiKV(t, true)
 }
 
@@ -326,16 +328,19 @@ func deadNode(t *testing.T, pdOutage bool) {
 }
 
 func TestDeadNode_TiKVPodRunsAgainOnAFreshDisk(t *testing.T) {
+	t.Parallel()
 	deadNode(t, false)
 }
 
 func TestDeadNode_PDUnreachable_NothingDestroyedUntilItIsBack(t *testing.T) {
+	t.Parallel()
 	deadNode(t, true)
 }
 
 // TestLeaderKilledDuringScaleIn_StandbyFinishesWithoutRepeatingAnAction is
 // scenario (d).
 func TestLeaderKilledDuringScaleIn_StandbyFinishesWithoutRepeatingAnAction(t *testing.T) {
+	t.Parallel()
 	te := startTiDBEnv(t, []string{"tidb-localpv-tikv"}, "node-a", "node-b", "node-c", "node-d")
 	ctx := context.Background()
 	procs := map[string]*cluster.Process{}
@@ -373,6 +378,7 @@ func TestLeaderKilledDuringScaleIn_StandbyFinishesWithoutRepeatingAnAction(t *te
 
 // TestPDScaleIn_MemberDiskIsRecycled is scenario (e).
 func TestPDScaleIn_MemberDiskIsRecycled(t *testing.T) {
+	t.Parallel()
 	te := startTiDBEnv(t, []string{"tidb-localpv-pd"}, "node-a", "node-b", "node-c")
 	ctx := context.Background()
 	te.startController(t, "controller-0", time.Second)

@@ -32,6 +32,7 @@ const (
 // before the disk is ever published again — at no moment does a new PV
 // exist for a disk that still holds data.
 func TestAgentKilledDuringWipe_FinishesTheWipeBeforeThePVReturns(t *testing.T) {
+	t.Parallel()
 	env, nodes := startEnv(t, "node-a")
 	ctx := t.Context()
 	n := nodes["node-a"]

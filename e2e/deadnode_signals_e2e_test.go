@@ -46,6 +46,7 @@ func waitPodMoved(ctx context.Context, t testing.TB, te *tidbEnv, sts *appsv1.St
 // buried it releases the claim, so the StatefulSet's pod runs on another
 // node's fresh disk.
 func TestOutOfService_TaintedNodesPodRunsAgainElsewhere_WithoutNodeDeletion(t *testing.T) {
+	t.Parallel()
 	te := startTiDBEnv(t, []string{"tidb-localpv-tikv"}, "node-a", "node-b", "node-c", "node-d", "node-e")
 	ctx := context.Background()
 	ctrl := te.startController(t, "controller-0", time.Second)
@@ -82,6 +83,7 @@ func TestOutOfService_TaintedNodesPodRunsAgainElsewhere_WithoutNodeDeletion(t *t
 // on a node that is gone. A controller started afterwards never sees the
 // deletion event, and recovers the pod all the same.
 func TestMissedNodeDeletion_PendingPodRecoveredWhenTheControllerStarts(t *testing.T) {
+	t.Parallel()
 	te := startTiDBEnv(t, []string{"tidb-localpv-tikv"}, "node-a", "node-b", "node-c", "node-d", "node-e")
 	ctx := context.Background()
 	first := te.startController(t, "controller-0", time.Second)
@@ -118,6 +120,7 @@ func TestMissedNodeDeletion_PendingPodRecoveredWhenTheControllerStarts(t *testin
 // the PV and on the node with PD's own words; the store is never forced,
 // its claim and pod stay.
 func TestUndrainable_ThreeStoresMaxReplicasThree_RefusalReportedNeverForced(t *testing.T) {
+	t.Parallel()
 	te := startTiDBEnv(t, []string{"tidb-localpv-tikv"}, "node-a", "node-b", "node-c", "node-d")
 	ctx := context.Background()
 	te.startController(t, "controller-0", time.Second)
@@ -161,6 +164,7 @@ func TestUndrainable_ThreeStoresMaxReplicasThree_RefusalReportedNeverForced(t *t
 // hour, which stands for "forever" — and the controller reports why on the
 // PV and the node, with the operator's choices, and never forces it.
 func TestUndrainable_OfflineStoreOnADeadNodeReportedWithPDsReasonNeverForced(t *testing.T) {
+	t.Parallel()
 	te := startDisks(t, 1, "node-a", "node-b", "node-c", "node-d")
 	ctx := context.Background()
 	opts := pdOptions

@@ -17,6 +17,7 @@ import (
 // A disk mounted while the cluster runs becomes an Available PV, and a pod
 // that was Pending for want of a disk binds to it.
 func TestMountedDisk_BecomesAvailableAndAPendingPodBindsToIt(t *testing.T) {
+	t.Parallel()
 	env, nodes := startEnv(t, "node-a")
 	ctx := context.Background()
 	n := nodes["node-a"]
@@ -51,6 +52,7 @@ func TestMountedDisk_BecomesAvailableAndAPendingPodBindsToIt(t *testing.T) {
 // event from the discovery directory can stand in for the mount event; the
 // periodic resync is minutes away.
 func TestMountOntoExistingDirectory_IsNoticedFromTheMountTable(t *testing.T) {
+	t.Parallel()
 	env, nodes := startEnv(t, "node-a")
 	ctx := t.Context()
 	n := nodes["node-a"]

@@ -4,11 +4,13 @@ package e2e
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -31,12 +33,46 @@ func (l testLog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// Every scenario calls t.Parallel(). go test's -parallel caps how many
+// run, but starts them in no particular order, and the real-node scenarios
+// are the long pole: they take turns on the machine's network (a lock in
+// e2e/cluster) and should start at once. So `make e2e` lifts -parallel and
+// the scenarios on simulated nodes take a slot here instead; the real-node
+// ones take none.
+var scenarioSlotCount = flag.Int("e2e.scenarios", 0, "how many scenarios on simulated nodes run at once (0: as many as go test's -parallel lets run)")
+
+// scenarioSlots is the semaphore behind -e2e.scenarios; nil when unbounded.
+var scenarioSlots = sync.OnceValue(func() chan struct{} {
+	if *scenarioSlotCount <= 0 {
+		return nil
+	}
+	return make(chan struct{}, *scenarioSlotCount)
+})
+
+// takeScenarioSlot waits for a slot and gives it back when the test has
+// ended and its environment is torn down: call it before anything the
+// test cleans up.
+func takeScenarioSlot(t testing.TB) {
+	t.Helper()
+	slots := scenarioSlots()
+	if slots == nil {
+		return
+	}
+	start := time.Now()
+	slots <- struct{}{}
+	t.Cleanup(func() { <-slots })
+	if waited := time.Since(start); waited > time.Second {
+		t.Logf("waited %s for one of %d scenario slots", waited.Round(time.Second), cap(slots))
+	}
+}
+
 // startEnv brings up a control plane with the manifests applied and the
 // named nodes, each running our agent. Everything is torn down — and checked
 // for leftovers — when the test ends, pass or fail.
 func startEnv(t testing.TB, nodes ...string) (*sim.Env, map[string]*sim.Node) {
 	t.Helper()
 	hostdisk.RequireRoot(t, "mount tmpfs disks and attach loop devices for the simulated nodes")
+	takeScenarioSlot(t)
 	root, err := sim.FindRepoRoot()
 	require.NoError(t, err)
 	work, err := os.MkdirTemp("", "tlpv-e2e-")

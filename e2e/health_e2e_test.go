@@ -26,6 +26,7 @@ import (
 // its TiKV stops heartbeating, buried, and the pod starts over on another
 // disk; the failed disk is not republished until an operator says so.
 func TestFailedDisk_TheStoreMovesToAHealthyDiskAndTheDiskStaysOut(t *testing.T) {
+	t.Parallel()
 	te := startTiDBEnv(t, []string{"tidb-localpv-tikv"}, "node-a", "node-b", "node-c", "node-d", "node-e")
 	ctx := context.Background()
 	_, err := te.env.StartController(ctx, "controller-0", append(te.controllerArgs(time.Second), "--failed-disk-grace=2s")...)

@@ -24,6 +24,7 @@ import (
 // directory and publishes it. Bad entries beside it are reported as
 // Warning events on the ConfigMap and do not hold the good one up.
 func TestInventory_BlankLoopDeviceIsFormattedMountedAndPublished_BadEntryWarns(t *testing.T) {
+	t.Parallel()
 	env, nodes := startEnv(t, "node-a")
 	ctx := t.Context()
 	n := nodes["node-a"]

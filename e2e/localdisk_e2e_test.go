@@ -96,6 +96,7 @@ func (l *phaseLog) snapshot(path string) map[v1alpha1.Phase]string {
 // Issue 9: every phase appears on a disk object with its reason, each
 // built on purpose; `kubectl get localdisks` shows the columns.
 func TestLocalDisks_EveryPhaseAppearsWithItsReason(t *testing.T) {
+	t.Parallel()
 	env, nodes := startEnv(t, "node-a")
 	ctx := t.Context()
 	n := nodes["node-a"]
@@ -201,6 +202,7 @@ func disksTable(t *testing.T, env *sim.Env, args ...string) string {
 
 // Issue 9 / 7.3: the ownership record outlives the PV's labels and the PV.
 func TestLocalDisks_TheOwnershipRecordSurvivesALabelRemovalAndAPVDeletion(t *testing.T) {
+	t.Parallel()
 	te := startTiDBEnv(t, []string{"tidb-localpv-tikv"}, "node-a", "node-b", "node-c", "node-d")
 	ctx := context.Background()
 	te.startController(t, "controller-0", time.Second)

@@ -32,6 +32,7 @@ import (
 // $(VAR) references of their arguments, as the kubelet expands them. The
 // chapters share one environment and run in order.
 func TestPrefixedOverlay_RunsTheWholeLifecycle(t *testing.T) {
+	t.Parallel()
 	re := startOverlayEnv(t, "examples/prefixed", "node-a")
 	ctx := t.Context()
 	c := re.env.Cluster.Client

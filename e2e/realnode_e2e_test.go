@@ -26,6 +26,7 @@ import (
 // chapters share one environment (starting one costs about half a minute)
 // and run in order; each states what it proves.
 func TestRealNodes(t *testing.T) {
+	t.Parallel()
 	re := startRealEnv(t, "node-a", "node-b")
 	ctx := t.Context()
 	te := &tidbEnv{env: re.env, nodes: re.nodes, pd: re.pd}

@@ -22,6 +22,7 @@ import (
 // the disk (keeping its identity marker) and publishes the same disk again
 // as a new, Available PV.
 func TestReleasedDisk_IsWipedAndPublishedAgainAsANewPV(t *testing.T) {
+	t.Parallel()
 	env, nodes := startEnv(t, "node-a")
 	ctx := t.Context()
 	n := nodes["node-a"]

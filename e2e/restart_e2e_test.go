@@ -23,6 +23,7 @@ const reconcileCount = "tidb_localpv_discovery_duration_seconds_count"
 // in use re-adopts them: no file is removed, no PV is created, deleted or
 // even updated.
 func TestAgentRestart_WithBoundPVs_ChangesNothing(t *testing.T) {
+	t.Parallel()
 	env, nodes := startEnv(t, "node-a")
 	ctx := t.Context()
 	n := nodes["node-a"]

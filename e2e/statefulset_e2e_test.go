@@ -15,6 +15,7 @@ import (
 // A 3-replica TiKV StatefulSet lands only where free disks are: each pod
 // runs on the node of the PV its claim is bound to.
 func TestStatefulSet_ThreeTiKVPodsLandWhereFreeDisksAre(t *testing.T) {
+	t.Parallel()
 	// The card's version: every node has disks, so every node may host
 	// pods; what matters is that each pod sits on its PV's node.
 	t.Run("three nodes with two disks each", func(t *testing.T) {

@@ -25,7 +25,9 @@ import (
 // the agent itself formatted and mounted (which the harness never tracked).
 // Close alone must leave no mount, loop device or process behind.
 func TestTeardown_AfterAFailingScenario_LeavesNothing(t *testing.T) {
+	t.Parallel()
 	hostdisk.RequireRoot(t, "mount tmpfs disks and attach loop devices for the simulated nodes")
+	takeScenarioSlot(t)
 	root, err := sim.FindRepoRoot()
 	require.NoError(t, err)
 	work, err := os.MkdirTemp("", "tlpv-e2e-teardown-")
@@ -85,7 +87,7 @@ func TestTeardown_AfterAFailingScenario_LeavesNothing(t *testing.T) {
 	require.NoError(t, env.Close(), "Close must report nothing left behind")
 	t.Logf("Close with everything running took %s", time.Since(started).Round(time.Millisecond))
 
-	mounts, loops, err := hostdisk.Leftovers(work)
+	mounts, loops, err := hostdisk.WaitLeftovers(work)
 	require.NoError(t, err)
 	require.Empty(t, mounts, "mounts left below %s", work)
 	require.Empty(t, loops, "loop devices left backed by files in %s", work)

@@ -33,6 +33,7 @@ const (
 // whose finalizer deletes pod and claim; our controller only approves the
 // wipe, and the disk comes back Available.
 func TestV2ScaleIn_OperatorRemovesStoreAndClaim_DiskRecycledWithoutAFight(t *testing.T) {
+	t.Parallel()
 	te := startDisks(t, 1, "node-a", "node-b", "node-c", "node-d")
 	ctx := context.Background()
 	v := startV2(t, te, sim.V2Options{Namespace: v2NS, Cluster: v2Cluster, Replicas: 4})
@@ -110,6 +111,7 @@ func waitOffline(ctx context.Context, t testing.TB, v *sim.V2) unstructured.Unst
 // "operator" offlines the store, removes pod and claim, and the group's
 // new instance runs on a fresh disk of another node.
 func TestV2DeadNode_ControllerDeletesTheInstance_ReplacementRunsOnAFreshDisk(t *testing.T) {
+	t.Parallel()
 	te := startDisks(t, 1, "node-a", "node-b", "node-c", "node-d", "node-e")
 	ctx := context.Background()
 	v := startV2(t, te, sim.V2Options{Namespace: v2NS, Cluster: v2Cluster, Replicas: 4})
@@ -206,6 +208,7 @@ func approveOnce(ctx context.Context, t *testing.T, te *tidbEnv, pv string) {
 // scale-in of each recycles its disk; neither cluster's stores are asked
 // of the other's PD.
 func TestV1AndV2SideBySide_EachFindsItsPDWithoutConfigurationAndRecycles(t *testing.T) {
+	t.Parallel()
 	te := startDisks(t, 2, "node-a", "node-b", "node-c", "node-d")
 	ctx := context.Background()
 	p1, err := te.env.StartPD(ctx, pdOptions)
@@ -323,6 +326,7 @@ func waitV2PDOwners(ctx context.Context, t testing.TB, te *tidbEnv, v *sim.V2, n
 // asks; v2 then removes pod and claim, and the group's new PD instance
 // runs on a fresh disk.
 func TestV2PDDeadNode_MemberRemovedByHand_ControllerDeletesTheInstance(t *testing.T) {
+	t.Parallel()
 	te := startDisksOf(t, "tidb-localpv-pd", 1, "node-a", "node-b", "node-c", "node-d")
 	ctx := context.Background()
 	v := startV2(t, te, sim.V2Options{Namespace: v2NS, Cluster: v2Cluster, Replicas: 0, PDReplicas: 3})

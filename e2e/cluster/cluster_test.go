@@ -30,6 +30,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 func TestClusterRunsAStatefulSetOnALocalPVOfAKwokNode(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 35*time.Minute)
 	defer cancel()
 
@@ -80,6 +81,7 @@ func TestClusterRunsAStatefulSetOnALocalPVOfAKwokNode(t *testing.T) {
 }
 
 func TestClusterStartFailsWithTheLogOfAComponentThatExits(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 35*time.Minute)
 	defer cancel()
 	bins, err := EnsureBinaries(ctx, BuildOptions{Progress: testWriter{t}})
@@ -96,6 +98,7 @@ func TestClusterStartFailsWithTheLogOfAComponentThatExits(t *testing.T) {
 }
 
 func TestClusterServiceAccountKubeconfigHasOnlyThatAccountsRights(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 35*time.Minute)
 	defer cancel()
 	bins, err := EnsureBinaries(ctx, BuildOptions{Progress: testWriter{t}})

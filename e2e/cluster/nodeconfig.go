@@ -13,7 +13,7 @@ import (
 // writeConfigs writes the node's containerd config, CNI network, kubelet
 // configuration and kubeconfig.
 func (n *RealNode) writeConfigs(cfg RealNodeConfig) error {
-	ports, err := freePortList(2)
+	ports, err := FreePorts(2)
 	if err != nil {
 		return err
 	}

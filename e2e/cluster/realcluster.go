@@ -107,7 +107,7 @@ func (c *Cluster) startKubeProxy(ctx context.Context) (healthURL string, err err
 	if err := writeKubeconfig(kubeconfig, c.layout.apiServerURL(), c.caPEM, "system:kube-proxy", creds); err != nil {
 		return "", err
 	}
-	ports, err := freePortList(2)
+	ports, err := FreePorts(2)
 	if err != nil {
 		return "", err
 	}
@@ -209,26 +209,6 @@ func (c *Cluster) RealNodeLeftovers() []string {
 		}
 	}
 	return out
-}
-
-// freePortList picks n free loopback ports at once.
-func freePortList(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	out := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("pick a free port: %w", err)
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
-	}
-	return out, nil
 }
 
 // writeRealNodePKI adds what real nodes need to the cluster's PKI: the

@@ -189,9 +189,28 @@ func shareHostDir(dir string) error {
 // in it, made by unshare) and execs containerd. The parent mount of each
 // private dir is made private first, so nothing mounted here propagates to
 // the host; the bound host dirs keep their own shared peer groups.
-func nodeNamespaceScript(dirs map[string]string, containerd []string) string {
+//
+// The namespace starts as a copy of the host's mounts, and a copy holds a
+// filesystem alive: a loop device another test environment mounted below
+// foreignRoot could not be reformatted or detached by its owner while this
+// node runs. So the private mounts below foreignRoot are dropped from the
+// copy (lazily: only this namespace loses them), except those below keep —
+// the node's own. Shared mounts stay: unmounting one would propagate to
+// its peers on the host.
+func nodeNamespaceScript(dirs map[string]string, foreignRoot string, keep []string, containerd []string) string {
 	var b strings.Builder
 	b.WriteString("set -e\n")
+	if foreignRoot != "" {
+		b.WriteString("findmnt -rn -o TARGET,PROPAGATION | while read -r target prop; do\n")
+		fmt.Fprintf(&b, "\tcase \"$target\" in %s/*) ;; *) continue ;; esac\n", shellQuote(filepath.Clean(foreignRoot)))
+		for _, k := range keep {
+			k = shellQuote(filepath.Clean(k))
+			fmt.Fprintf(&b, "\tcase \"$target\" in %s|%s/*) continue ;; esac\n", k, k)
+		}
+		// A mount below one already dropped went with it.
+		b.WriteString("\t[ \"$prop\" = private ] && umount -l \"$target\" 2>/dev/null || true\n")
+		b.WriteString("done\n")
+	}
 	for _, d := range nodePrivateDirs {
 		fmt.Fprintf(&b, "mount --make-private \"$(findmnt -n -o TARGET --target %s)\"\n", d)
 		fmt.Fprintf(&b, "mount -t tmpfs -o mode=0755,size=256m tlpv-node %s\n", d)
@@ -215,7 +234,12 @@ func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''
 
 func (n *RealNode) startContainerd(ctx context.Context, dirs map[string]string) error {
 	bins := n.c.real.bins
-	script := nodeNamespaceScript(dirs, []string{bins.Containerd, "--config", filepath.Join(n.Dir, "containerd.toml")})
+	keep := []string{n.c.WorkDir}
+	for _, d := range dirs {
+		keep = append(keep, d)
+	}
+	slices.Sort(keep)
+	script := nodeNamespaceScript(dirs, os.TempDir(), keep, []string{bins.Containerd, "--config", filepath.Join(n.Dir, "containerd.toml")})
 	env := processEnv([]string{"PATH=" + filepath.Dir(bins.ContainerdShim) + ":" + os.Getenv("PATH")})
 	p, err := startProcess("containerd-"+n.Name, "unshare", []string{"--mount", "--propagation", "unchanged", "--", "/bin/sh", "-c", script}, env, filepath.Join(n.c.WorkDir, "logs"))
 	if err != nil {

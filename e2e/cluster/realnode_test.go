@@ -51,7 +51,7 @@ func TestNodeNamespace_PropagatesMountsOnlyThroughTheSharedDirs(t *testing.T) {
 	// does), then waits.
 	node := []string{"/bin/sh", "-c", "mkdir -p /mnt/disks/by-node && mount -t tmpfs node /mnt/disks/by-node && touch " + ready + " && exec sleep 60"}
 	cmd := exec.Command("unshare", "--mount", "--propagation", "unchanged", "--", "/bin/sh", "-c",
-		nodeNamespaceScript(map[string]string{"/mnt/disks": host}, node))
+		nodeNamespaceScript(map[string]string{"/mnt/disks": host}, "", nil, node))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out := &strings.Builder{}
 	cmd.Stdout, cmd.Stderr = out, out
@@ -70,4 +70,52 @@ func TestNodeNamespace_PropagatesMountsOnlyThroughTheSharedDirs(t *testing.T) {
 	nodeMounts, err := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/mountinfo")
 	require.NoError(t, err)
 	require.Contains(t, string(nodeMounts), " /mnt/disks/by-host ", "a mount made on the host shows in the node")
+}
+
+// Test environments run side by side. A real node's namespace starts as a
+// copy of the host's mounts, and a copy of another environment's disk
+// mount would keep that disk's filesystem alive: its owner could unmount it
+// but not reformat or detach it. The node drops such copies and keeps its
+// own mounts and the shared dirs.
+func TestNodeNamespace_DropsOtherEnvironmentsMountsAndKeepsItsOwn(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("needs root (mount namespaces) and CI is set")
+		}
+		t.Skip("needs root to make mount namespaces and mounts")
+	}
+	hostdisk.LockMountNamespaces(t)
+	root := t.TempDir()
+	foreign := filepath.Join(root, "other-env", "disk")
+	own := filepath.Join(root, "this-env", "disk")
+	for _, d := range []string{foreign, own} {
+		require.NoError(t, os.MkdirAll(d, 0o755))
+		require.NoError(t, syscall.Mount("tmpfs", d, "tmpfs", 0, ""))
+		t.Cleanup(func() { _ = syscall.Unmount(d, syscall.MNT_DETACH) })
+	}
+	host := filepath.Join(root, "this-env", "shared")
+	require.NoError(t, shareHostDir(host))
+	t.Cleanup(func() { require.NoError(t, unmountTree(host)) })
+
+	ready := filepath.Join(t.TempDir(), "ready")
+	node := []string{"/bin/sh", "-c", "touch " + ready + " && exec sleep 60"}
+	cmd := exec.Command("unshare", "--mount", "--propagation", "unchanged", "--", "/bin/sh", "-c",
+		nodeNamespaceScript(map[string]string{"/mnt/disks": host}, root, []string{filepath.Join(root, "this-env")}, node))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	require.Eventually(t, func() bool { _, err := os.Stat(ready); return err == nil }, 10*time.Second, 10*time.Millisecond, "node script: %s", out)
+
+	nodeMounts, err := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/mountinfo")
+	require.NoError(t, err)
+	require.NotContains(t, string(nodeMounts), " "+foreign+" ", "the node holds a copy of another environment's mount")
+	require.Contains(t, string(nodeMounts), " "+own+" ", "the node lost a mount of its own environment")
+	require.Contains(t, string(nodeMounts), " "+host+" ", "the node lost the shared dir")
+	require.Contains(t, string(nodeMounts), " /mnt/disks ", "the shared dir is not bound in the node")
+	hostMounts, err := os.ReadFile("/proc/self/mountinfo")
+	require.NoError(t, err)
+	require.Contains(t, string(hostMounts), " "+foreign+" ", "dropping the copy unmounted the host's mount")
+	require.Contains(t, string(hostMounts), " "+host+" ", "the shared dir went from the host")
 }

@@ -210,7 +210,7 @@ func verify(out io.Writer, work string, closeEnv func() error, others ...string)
 			ok = false
 		}
 	}
-	mounts, loops, err := hostdisk.Leftovers(work)
+	mounts, loops, err := hostdisk.WaitLeftovers(work)
 	procs, perr := sim.Stragglers(work)
 	if err = errors.Join(err, perr); err != nil {
 		fmt.Fprintf(out, "could not check for leftovers: %v\n", err)

@@ -312,14 +312,13 @@ func Rebase(args []string, root string) ([]string, error) {
 	return out, nil
 }
 
-// FreePort asks the kernel for a free loopback port.
+// FreePort picks a free loopback port (cluster.FreePorts says how).
 func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := cluster.FreePorts(1)
 	if err != nil {
 		return 0, err
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return p[0], nil
 }
 
 // Close stops every process, the control plane and the host disks, and
@@ -345,7 +344,7 @@ func (e *Env) Close() error {
 	if len(real) > 0 {
 		err = errors.Join(err, fmt.Errorf("real nodes left behind: %s", strings.Join(real, "; ")))
 	}
-	mounts, loops, lerr := hostdisk.Leftovers(e.opts.WorkDir)
+	mounts, loops, lerr := hostdisk.WaitLeftovers(e.opts.WorkDir)
 	switch {
 	case lerr != nil:
 		err = errors.Join(err, lerr)
