@@ -15,7 +15,10 @@ GO        ?= go
 BIN       ?= bin
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 CACHE     ?= $(or $(TIDB_LOCALPV_CACHE),$(HOME)/.cache/tidb-localpv)
-FUZZTIME  ?= 30s
+FUZZTIME  ?= 20s
+# A new input is minimized for at most this long (the default, 60 s, spends
+# the whole budget minimizing and none fuzzing).
+FUZZMINIMIZE ?= 2s
 E2E_TIMEOUT ?= 60m
 # Scenarios on simulated nodes run this many at a time, each on a control
 # plane of its own: they mostly wait (on poll intervals, graces, kubelet), so
@@ -61,9 +64,9 @@ soak: ## the model check for as long as asked (make soak SOAK=30m); prints histo
 
 fuzz: ## bounded fuzzing of the parsers ($(FUZZTIME) each)
 	@echo "== fuzz: inventory parser"
-	$(GO) test -run='^$$' -fuzz='^FuzzParseInventory$$' -fuzztime=$(FUZZTIME) ./discovery/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseInventory$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMINIMIZE) ./discovery/
 	@echo "== fuzz: PD store decoder"
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeStores$$' -fuzztime=$(FUZZTIME) ./volumecontroller/pd/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeStores$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMINIMIZE) ./volumecontroller/pd/
 
 e2e-prepare: ## install missing host packages (root) and build (or reuse) every binary and the image base in $(CACHE), printing progress
 	$(GO) run ./e2e/cluster/cmd/prepare -cache-dir $(CACHE)
