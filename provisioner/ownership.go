@@ -110,6 +110,27 @@ func OwnershipOf(pv *corev1.PersistentVolume) (Ownership, bool) {
 	return o, o.Valid()
 }
 
+// DamagedRecord returns the keys of an ownership record that pv carries
+// only in part, or for another claim than its own: what is left of a record
+// somebody edited. Nil when pv carries a whole record of its claim, or none
+// (who uses the claim, AnnOwnerPod, is no record). The controller never
+// leaves a record in part: it writes one whole and removes one whole.
+func DamagedRecord(pv *corev1.PersistentVolume) []string {
+	var present []string
+	for _, k := range []string{AnnOwnerClaim, AnnStoreID, AnnPDMember, AnnPDMemberID, AnnPDClusterID, AnnPDPeers} {
+		if _, ok := pv.Annotations[k]; ok {
+			present = append(present, k)
+		}
+	}
+	if len(present) == 0 {
+		return nil
+	}
+	if _, ok := OwnershipOf(pv); ok && Owned(pv) {
+		return nil
+	}
+	return present
+}
+
 // Annotations renders the record as PV annotations; empty values mean
 // "remove the key" in a merge patch.
 func (o Ownership) Annotations() map[string]string {

@@ -3,6 +3,7 @@ package provisioner
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -94,6 +95,11 @@ func deletable(seen, fresh *corev1.PersistentVolume) string {
 		// volume-controller finding the owner gone (e.g. deleted by hand
 		// while the store is Up): the data stays until it approves.
 		return fmt.Sprintf("PV %s holds the data of %s; waiting for the volume-controller to confirm in PD that it is gone", fresh.Name, ownerName(fresh))
+	case len(DamagedRecord(fresh)) > 0 && !ReleaseApproved(fresh):
+		// Somebody edited the record, maybe before this node's agent kept
+		// its copy: the disk may hold a live store's or member's data that
+		// nothing else remembers.
+		return fmt.Sprintf("PV %s carries part of an ownership record (%s) that names no whole owner of its claim: it was edited, and the disk may hold a TiKV store's or PD member's data; not wiped — if that data is not needed, remove those annotations", fresh.Name, strings.Join(DamagedRecord(fresh), ", "))
 	}
 	return ""
 }

@@ -129,6 +129,34 @@ func TestDelete_RechecksAFreshReadAndIgnoresEveryPVItMustNotWipe(t *testing.T) {
 			reason:  "PD member pd-2",
 		},
 		{
+			// Found by the model check (seed 1796124631107204942): the
+			// controller recorded PD member 1001, the node died before its
+			// agent kept the record, a person stripped part of it, and TiDB
+			// Operator set the PV to Delete after scaling the member in.
+			name: "an ownership record stripped in part, no approval",
+			fresh: func(pv *corev1.PersistentVolume) *corev1.PersistentVolume {
+				pv.Annotations[AnnOwnerPod] = "tidb/demo-pd-1"
+				pv.Annotations[AnnPDMemberID] = "1001"
+				pv.Annotations[AnnPDPeers] = "1001,1004"
+				pv.Annotations[AnnOwnerSeen] = "2026-11-22T06:08:48Z"
+				return pv
+			},
+			wantGet: true,
+			reason:  "part of an ownership record (tidb-localpv.io/pd-member-id, tidb-localpv.io/pd-peers)",
+		},
+		{
+			name: "an ownership record of another claim than the PV's, no approval",
+			fresh: func(pv *corev1.PersistentVolume) *corev1.PersistentVolume {
+				pv.Annotations[AnnOwnerPod] = "tidb/demo-tikv-1"
+				pv.Annotations[AnnOwnerClaim] = "an-older-claim"
+				pv.Annotations[AnnStoreID] = "7"
+				pv.Annotations[AnnPDClusterID] = "7714128303309438786"
+				return pv
+			},
+			wantGet: true,
+			reason:  "part of an ownership record",
+		},
+		{
 			name: "re-bound since: no longer Released",
 			fresh: func(pv *corev1.PersistentVolume) *corev1.PersistentVolume {
 				pv.Status.Phase = corev1.VolumeBound
@@ -248,6 +276,18 @@ func TestDelete_WipesAReleasedPVOnceWithTheFreshObject(t *testing.T) {
 	require.Len(t, rec.calls, 1)
 	require.Equal(t, "after the informer copy", rec.calls[0].Annotations["example.com/touched"], "the recycler gets the fresh read, not the informer copy")
 	require.Equal(t, types.UID("uid-1"), rec.calls[0].UID)
+}
+
+// The controller notes who uses a claim before PD confirms an owner (and
+// keeps only that for a plain claim): that alone is no record.
+func TestDelete_WipesAPVThatNamesOnlyThePodUsingItsClaim(t *testing.T) {
+	pv := releasedPV(t)
+	pv.Annotations[AnnOwnerPod] = "default/web-0"
+	rec := &fakeRecycler{}
+	p := &Provisioner{Node: "node-a", Client: fake.NewClientset(pv), Recycler: rec}
+	err := p.Delete(context.Background(), pv)
+	require.ErrorAs(t, err, new(*controller.IgnoredError))
+	require.Len(t, rec.calls, 1)
 }
 
 func TestDelete_WipesAnOwnedDiskOnceTheVolumeControllerApprovedItsClaim(t *testing.T) {
