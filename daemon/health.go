@@ -312,6 +312,12 @@ func (a *Agent) probeHealth(ctx context.Context, d found, mounts map[string]disc
 		case <-blocker.done:
 			continue
 		case <-deadline:
+			// The blocker may have been a hair short of the bound when we
+			// looked; after waiting out our own, it is judged again rather
+			// than left for the next pass.
+			if time.Since(blocker.since) >= a.io.timeout {
+				return probedHealth{findings: []finding{unresponsive(d.Path, blocker, a.io.timeout)}}, true
+			}
 			return probedHealth{}, false
 		}
 	}
@@ -624,10 +630,12 @@ func (a *Agent) kernelError(ctx context.Context, e discovery.KernelError) {
 	m := a.health
 	now := a.deps.Clock.Now()
 	m.mu.Lock()
-	var hits []*diskHealth
+	// The path and ID are copied under the lock: a pass updates them.
+	type hit struct{ path, id string }
+	var hits []hit
 	for _, dh := range m.disks {
 		if slices.Contains(dh.names, e.Device) {
-			hits = append(hits, dh)
+			hits = append(hits, hit{dh.path, dh.id})
 			if e.Kind != discovery.KernelDeviceGone {
 				a.noteFault(dh, string(e.Kind), e.Text, now)
 			}
@@ -638,8 +646,8 @@ func (a *Agent) kernelError(ctx context.Context, e discovery.KernelError) {
 		klog.FromContext(ctx).V(4).Info("kernel error about a device that is not a disk of ours", "device", e.Device, "line", e.Text)
 		return
 	}
-	for _, dh := range hits {
-		klog.FromContext(ctx).Info("kernel reported a disk error", "path", dh.path, "disk", dh.id, "device", e.Device, "kind", e.Kind, "line", e.Text)
+	for _, h := range hits {
+		klog.FromContext(ctx).Info("kernel reported a disk error", "path", h.path, "disk", h.id, "device", e.Device, "kind", e.Kind, "line", e.Text)
 	}
 	m.poke()
 }
