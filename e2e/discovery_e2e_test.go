@@ -64,12 +64,15 @@ func TestMountOntoExistingDirectory_IsNoticedFromTheMountTable(t *testing.T) {
 	require.NoError(t, n.WaitAgentReady(ctx, waitLong))
 	require.Empty(t, pvsOf(ctx, t, env, "node-a"), "plain directories are not disks")
 
-	// The event path takes milliseconds. A missed mount event leaves the
-	// disk unpublished until some unrelated event happens to trigger a
-	// pass — seconds later, or never before the resync. Ten rounds because
-	// the bug this guards against (the Go runtime's epoll consuming the
-	// mountinfo change) lost only some of the events.
-	const within = time.Second
+	// The event path takes milliseconds (tens to a couple of hundred with
+	// other scenarios beside it). A missed mount event leaves the disk
+	// unpublished until some unrelated event happens to trigger a pass, or
+	// until the 5-minute resync. Ten rounds because the bug this guards
+	// against (the Go runtime's epoll consuming the mountinfo change) lost
+	// only some of the events. The bound is loose because a loaded 2-core
+	// machine once took over a second; how fast the path is, is measured by
+	// BenchmarkMountToPV, not here.
+	const within = 5 * time.Second
 	for i := range rounds {
 		dir := diskDir(n, fmt.Sprintf("disk%d", i))
 		require.NoError(t, env.Host.MountTmpfs(dir, "16m"))

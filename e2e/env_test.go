@@ -66,6 +66,42 @@ func takeScenarioSlot(t testing.TB) {
 	}
 }
 
+// binaryDir holds the tidb-localpv binary the scenarios share; TestMain
+// makes it before any test runs and removes it after the last.
+var binaryDir string
+
+// sharedBinary builds tidb-localpv once for the whole run: built by each
+// scenario, the same link ran 27 times side by side on two cores, 15–30 s
+// of a scenario slot each.
+var sharedBinary = sync.OnceValues(func() (string, error) {
+	root, err := sim.FindRepoRoot()
+	if err != nil {
+		return "", err
+	}
+	return sim.BuildBinary(context.Background(), root, binaryDir)
+})
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "tlpv-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		os.Exit(1)
+	}
+	binaryDir = dir
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// tidbLocalPV returns the shared tidb-localpv binary, building it on first use.
+func tidbLocalPV(t testing.TB) string {
+	t.Helper()
+	bin, err := sharedBinary()
+	require.NoError(t, err, "build tidb-localpv")
+	return bin
+}
+
 // startEnv brings up a control plane with the manifests applied and the
 // named nodes, each running our agent. Everything is torn down — and checked
 // for leftovers — when the test ends, pass or fail.
@@ -80,7 +116,7 @@ func startEnv(t testing.TB, nodes ...string) (*sim.Env, map[string]*sim.Node) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	t.Cleanup(cancel)
 	start := time.Now()
-	env, err := sim.Start(ctx, sim.Options{RepoRoot: root, WorkDir: work, Progress: testLog{t}, ExtraAgentArgs: []string{"-v=2"}})
+	env, err := sim.Start(ctx, sim.Options{RepoRoot: root, WorkDir: work, Progress: testLog{t}, ExtraAgentArgs: []string{"-v=2"}, Binary: tidbLocalPV(t)})
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		if t.Failed() {

@@ -123,7 +123,7 @@ func startRealClusterWith(t testing.TB, overlay string) *realEnv {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	t.Cleanup(cancel)
 	start := time.Now()
-	env, err := sim.Start(ctx, sim.Options{RepoRoot: root, WorkDir: work, Progress: testLog{t}, RealNodes: true, Overlay: overlay})
+	env, err := sim.Start(ctx, sim.Options{RepoRoot: root, WorkDir: work, Progress: testLog{t}, RealNodes: true, Overlay: overlay, Binary: tidbLocalPV(t)})
 	if err != nil {
 		_ = os.RemoveAll(work)
 	}

@@ -34,7 +34,7 @@ func TestTeardown_AfterAFailingScenario_LeavesNothing(t *testing.T) {
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
-	env, err := sim.Start(ctx, sim.Options{RepoRoot: root, WorkDir: work, Progress: testLog{t}})
+	env, err := sim.Start(ctx, sim.Options{RepoRoot: root, WorkDir: work, Progress: testLog{t}, Binary: tidbLocalPV(t)})
 	require.NoError(t, err)
 	closed := false
 	t.Cleanup(func() {

@@ -57,6 +57,10 @@ type Options struct {
 	// controllers of kwok nodes (StartController, SetInventory) know
 	// manifests/' own names only.
 	Overlay string
+	// Binary is a tidb-localpv binary already built from RepoRoot (see
+	// BuildBinary), shared by environments that run side by side; empty
+	// builds one into WorkDir.
+	Binary string
 }
 
 // Install names what the env installed: the namespace and the objects the
@@ -171,8 +175,11 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if e.Binary, err = BuildBinary(ctx, opts.RepoRoot, filepath.Join(opts.WorkDir, "bin")); err != nil {
-		return nil, err
+	e.Binary = opts.Binary
+	if e.Binary == "" {
+		if e.Binary, err = BuildBinary(ctx, opts.RepoRoot, filepath.Join(opts.WorkDir, "bin")); err != nil {
+			return nil, err
+		}
 	}
 	if e.AgentArgs, err = ReadContainerArgs(filepath.Join(opts.RepoRoot, agentDaemonSet)); err != nil {
 		return nil, err
