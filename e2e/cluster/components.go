@@ -1,13 +1,9 @@
 package cluster
 
 import (
-	"fmt"
-	"math/rand/v2"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 )
 
 // serviceCIDR is the Service ClusterIP range; the apiserver's serving cert
@@ -33,62 +29,6 @@ func freePorts() (ports, error) {
 		return ports{}, err
 	}
 	return ports{n[0], n[1], n[2], n[3], n[4], n[5]}, nil
-}
-
-// lowestPickedPort is where FreePorts starts: well clear of the
-// well-known ports other software on a machine listens on.
-const lowestPickedPort = 10000
-
-// FreePorts picks n distinct free loopback ports for servers we start as
-// other processes (etcd, kube-apiserver, the agents' metrics), which must be
-// told a port rather than handed a listener. Each listener is held until
-// all n are chosen. The ports come from below the kernel's ephemeral range
-// at random: test environments run side by side, and an outgoing
-// connection could otherwise take a picked port as its source port between
-// the pick and the server's bind. A port already bound is passed over.
-func FreePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	high := ephemeralLow()
-	out := make([]int, 0, n)
-	for tries := 0; len(out) < n; tries++ {
-		addr := "127.0.0.1:0"
-		if high-lowestPickedPort >= 1000 {
-			addr = "127.0.0.1:" + strconv.Itoa(lowestPickedPort+rand.IntN(high-lowestPickedPort))
-		}
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			if addr != "127.0.0.1:0" && tries < n*100 {
-				continue // taken: pick again
-			}
-			return nil, fmt.Errorf("pick a free port: %w", err)
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
-	}
-	return out, nil
-}
-
-// ephemeralLow is the first port of the kernel's ephemeral range, or 0
-// when it cannot be read (FreePorts then lets the kernel choose).
-func ephemeralLow() int {
-	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(data))
-	if len(f) != 2 {
-		return 0
-	}
-	low, err := strconv.Atoi(f[0])
-	if err != nil {
-		return 0
-	}
-	return low
 }
 
 // layout is where one cluster keeps its state and how its components find
