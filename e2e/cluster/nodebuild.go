@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"fmt"
 	"path/filepath"
 )
 
@@ -50,10 +49,6 @@ func nodeBinariesIn(o BuildOptions, containerdVersion string) NodeBinaries {
 // real nodes, building what is missing into the cache under the same lock
 // as EnsureBinaries.
 func EnsureNodeBinaries(ctx context.Context, opts NodeBuildOptions) (Binaries, NodeBinaries, error) {
-	bins, err := EnsureBinaries(ctx, opts.BuildOptions)
-	if err != nil {
-		return Binaries{}, NodeBinaries{}, err
-	}
 	o, err := opts.BuildOptions.withDefaults()
 	if err != nil {
 		return Binaries{}, NodeBinaries{}, err
@@ -61,32 +56,17 @@ func EnsureNodeBinaries(ctx context.Context, opts NodeBuildOptions) (Binaries, N
 	if opts.ContainerdVersion == "" {
 		opts.ContainerdVersion = DefaultContainerdVersion
 	}
+	bins := binariesIn(o)
 	nb := nodeBinariesIn(o, opts.ContainerdVersion)
-	b := &builder{opts: o}
-	components := []component{
-		{"containerd " + opts.ContainerdVersion, []string{nb.Containerd, nb.ContainerdShim, nb.Ctr},
-			func(b *builder, ctx context.Context, outDir string) error {
-				return b.buildContainerd(ctx, outDir, opts.ContainerdVersion)
-			}},
-		{"kube-proxy " + o.KubeVersion, []string{nb.KubeProxy}, (*builder).buildKubeProxy},
-	}
-	if allBuilt(components) {
-		reportCached(o.Progress, components)
-		return bins, nb, nil
-	}
-	unlock, err := lockFile(ctx, filepath.Join(o.CacheDir, "build.lock"), o.Progress)
-	if err != nil {
+	containerd := component{"containerd " + opts.ContainerdVersion, []string{nb.Containerd, nb.ContainerdShim, nb.Ctr},
+		func(b *builder, ctx context.Context, outDir string) error {
+			return b.buildContainerd(ctx, outDir, opts.ContainerdVersion)
+		}}
+	// kube-proxy comes from the same generated module as the kube
+	// binaries: built after them it compiles almost nothing of its own.
+	kubeProxy := component{"kube-proxy " + o.KubeVersion, []string{nb.KubeProxy}, (*builder).buildKubeProxy}
+	if err := buildMissing(ctx, o, append(controlPlaneComponents(o, bins), containerd), []component{kubeProxy}); err != nil {
 		return Binaries{}, NodeBinaries{}, err
-	}
-	defer unlock()
-	for _, c := range components {
-		if allExist(c.outputs) {
-			reportCached(o.Progress, []component{c})
-			continue
-		}
-		if err := buildComponent(ctx, b, c); err != nil {
-			return Binaries{}, NodeBinaries{}, fmt.Errorf("build %s: %w", c.name, err)
-		}
 	}
 	return bins, nb, nil
 }

@@ -36,10 +36,34 @@ func main() {
 		fmt.Fprintln(os.Stderr, "prepare:", err)
 		os.Exit(1)
 	}
+	// The image's Debian base (debootstrap needs root; without it the
+	// real-node tests skip anyway) is made while the binaries build: it
+	// waits mostly on Debian's mirror.
+	baseDone := make(chan error, 1)
+	if os.Geteuid() == 0 {
+		go func() {
+			cache, err := cluster.DefaultCacheDir()
+			if opts.CacheDir != "" {
+				cache, err = opts.CacheDir, nil
+			}
+			if err == nil {
+				_, err = image.EnsureBase(ctx, image.BaseOptions{CacheDir: cache, Progress: os.Stdout})
+			}
+			baseDone <- err
+		}()
+	} else {
+		baseDone <- nil
+	}
 	// The real nodes' binaries (containerd, kube-proxy) too: a cold CI run
 	// builds everything here, with progress, rather than inside a test.
 	bins, nodes, err := cluster.EnsureNodeBinaries(ctx, cluster.NodeBuildOptions{BuildOptions: opts})
 	if err != nil {
+		stop() // cancels debootstrap
+		<-baseDone
+		fmt.Fprintln(os.Stderr, "prepare:", err)
+		os.Exit(1)
+	}
+	if err := <-baseDone; err != nil {
 		fmt.Fprintln(os.Stderr, "prepare:", err)
 		os.Exit(1)
 	}
@@ -51,20 +75,5 @@ func main() {
 	fmt.Printf("kwok:                    %s\n", bins.Kwok)
 	fmt.Printf("kube-proxy:              %s\n", nodes.KubeProxy)
 	fmt.Printf("containerd:              %s\n", nodes.Containerd)
-	// The image's Debian base (debootstrap needs root; without it the
-	// real-node tests skip anyway).
-	if os.Geteuid() == 0 {
-		cache, err := cluster.DefaultCacheDir()
-		if opts.CacheDir != "" {
-			cache = opts.CacheDir
-		}
-		if err == nil {
-			_, err = image.EnsureBase(ctx, image.BaseOptions{CacheDir: cache, Progress: os.Stdout})
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "prepare:", err)
-			os.Exit(1)
-		}
-	}
 	fmt.Printf("ready in %s\n", time.Since(start).Round(time.Millisecond))
 }
