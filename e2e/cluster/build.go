@@ -145,7 +145,7 @@ func buildMissing(ctx context.Context, opts BuildOptions, stages ...[]component)
 	}
 	defer unlock()
 
-	opts.Progress = &lockedWriter{w: opts.Progress}
+	opts.Progress = &SyncWriter{W: opts.Progress}
 	b := &builder{opts: opts}
 	for _, stage := range stages {
 		errs := make([]error, len(stage))
@@ -170,16 +170,18 @@ func buildMissing(ctx context.Context, opts BuildOptions, stages ...[]component)
 	return nil
 }
 
-// lockedWriter lets builds side by side share one progress writer.
-type lockedWriter struct {
+// SyncWriter serializes writes to W, so that goroutines side by side (the
+// builds here, the playground's chapters) share one progress writer and
+// each Write lands whole.
+type SyncWriter struct {
 	mu sync.Mutex
-	w  io.Writer
+	W  io.Writer
 }
 
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
+func (s *SyncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.W.Write(p)
 }
 
 // buildComponent builds into a temporary directory next to the final paths

@@ -22,12 +22,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"k8s.io/klog/v2"
 
+	"github.com/tidb-localpv/tidb-localpv/e2e/cluster"
 	"github.com/tidb-localpv/tidb-localpv/e2e/hostdisk"
 	"github.com/tidb-localpv/tidb-localpv/e2e/sim"
 )
@@ -61,7 +61,7 @@ func main() {
 func run(o options) int {
 	started := time.Now()
 	// The chronicle prints from watch goroutines while the story prints.
-	out := &syncWriter{w: os.Stdout}
+	out := &cluster.SyncWriter{W: os.Stdout}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	stopSignals := onSignal(cancel, out)
@@ -229,18 +229,6 @@ func verify(out io.Writer, work string, closeEnv func() error, others ...string)
 }
 
 func since(t time.Time) time.Duration { return time.Since(t).Round(100 * time.Millisecond) }
-
-// syncWriter serializes writes: each Write (one Fprintf) lands whole.
-type syncWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (s *syncWriter) Write(b []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(b)
-}
 
 // prefixWriter indents another writer's lines.
 type prefixWriter struct {

@@ -48,7 +48,7 @@ var realPD = pdsim.Options{MaxReplicas: 1, DrainDelay: time.Second, Disconnected
 // teardown check), the real-node story.
 func runReal(o options) int {
 	started := time.Now()
-	out := &syncWriter{w: os.Stdout}
+	out := &cluster.SyncWriter{W: os.Stdout}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	stopSignals := onSignal(cancel, out)
